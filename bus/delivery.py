@@ -1,0 +1,205 @@
+"""The delivery engine: policy that lives once, outside the backends.
+
+A backend knows *how* to fetch, ack, schedule a retry, dead-letter and hand back a delivery (its
+:class:`Source`); the :class:`Dispatcher` decides *when*.  For every delivery it runs the handler
+under the processing time-out and settles the outcome:
+
+- ``SUCCESS``: acked; acks of concurrent completions are coalesced into one backend call.
+- ``RETRY`` (also an exception or a time-out): redelivered after the retry policy's backoff,
+  durably scheduled by the backend; after ``max_attempts`` deliveries, dead-lettered instead.
+- ``DROP``: published to the dead-letter topic and acked, as one step where the backend can.
+- cancellation (shutdown): nothing is acked; the backend hands the delivery back.
+
+Fetching asks for at most as many deliveries as there are free handler slots, so nothing waits in
+a local buffer while its lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, Protocol, TypeVar
+
+from bus.message import Message, Outcome
+from bus.options import SubscriptionOptions
+
+log = logging.getLogger("omnibus.bus")
+
+Handler = Callable[[Message], Awaitable[Outcome]]
+
+
+class Delivery(Protocol):
+    """One delivery of a message to a consumer; backends add their own handle fields."""
+
+    @property
+    def message(self) -> Message: ...
+
+
+D = TypeVar("D", bound=Delivery)
+
+
+class Source(Protocol[D]):
+    """The backend's side of one subscription: how to fetch and settle deliveries."""
+
+    async def fetch(self, limit: int) -> Sequence[D]:
+        """Wait for and lease up to ``limit`` deliveries; an empty result means: ask again."""
+        ...
+
+    async def ack(self, deliveries: Sequence[D]) -> None:
+        """Acknowledge deliveries whose handler returned SUCCESS."""
+        ...
+
+    async def retry(self, delivery: D, delay: float) -> None:
+        """Keep the message and deliver it again, with ``attempt + 1``, after ``delay`` seconds."""
+        ...
+
+    async def dead_letter(self, delivery: D, topic: str) -> None:
+        """Publish the message to ``topic`` and acknowledge it, atomically where possible."""
+        ...
+
+    async def release(self, deliveries: Sequence[D]) -> None:
+        """Hand back unsettled deliveries at shutdown so that they are redelivered soon."""
+        ...
+
+    async def close(self) -> None:
+        """Stop fetching and free the backend's resources of this subscription."""
+        ...
+
+
+async def run_handler(handler: Handler, message: Message, timeout: float) -> Outcome:
+    """Run ``handler``; an exception or a time-out counts as RETRY, cancellation propagates."""
+    try:
+        async with asyncio.timeout(timeout):
+            outcome = await handler(message)
+    except TimeoutError:
+        log.warning(
+            "handler timed out after %.1fs on %s (attempt %d)", timeout, message.id, message.attempt
+        )
+        return Outcome.RETRY
+    except Exception:
+        log.exception("handler failed on message %s (attempt %d)", message.id, message.attempt)
+        return Outcome.RETRY
+    if not isinstance(outcome, Outcome):
+        log.error("handler returned %r, not an Outcome; treating it as RETRY", outcome)
+        return Outcome.RETRY
+    return outcome
+
+
+class Dispatcher(Generic[D]):
+    """Runs one subscription: fetch, handle with bounded concurrency, settle."""
+
+    def __init__(
+        self, topic: str, source: Source[D], handler: Handler, options: SubscriptionOptions
+    ) -> None:
+        self._topic = topic
+        self._source = source
+        self._handler = handler
+        self._options = options
+        self._dead_letter_topic = options.dead_letter_for(topic)
+        self._inflight: dict[asyncio.Task[None], D] = {}
+        self._slot_free = asyncio.Event()
+        self._to_ack: list[D] = []
+        self._ack_wanted = asyncio.Event()
+        self._stopping = False
+
+    async def run(self) -> None:
+        """Fetch and dispatch until :meth:`stop` is called or the task is cancelled."""
+        flusher = asyncio.create_task(self._flush_acks(), name=f"acks:{self._topic}")
+        try:
+            await self._fetch_loop()
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+
+    async def _fetch_loop(self) -> None:
+        options = self._options
+        while not self._stopping:
+            free = options.concurrency - len(self._inflight)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            try:
+                batch = await self._source.fetch(min(free, options.batch_size))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fetching from %s failed; retrying", self._topic)
+                await asyncio.sleep(0.5)
+                continue
+            for delivery in batch:
+                task = asyncio.create_task(self._process(delivery))
+                self._inflight[task] = delivery
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        self._slot_free.set()
+
+    async def _process(self, delivery: D) -> None:
+        message = delivery.message
+        outcome = await run_handler(self._handler, message, self._options.processing_timeout)
+        try:
+            await self._settle(delivery, outcome)
+        except Exception:
+            # The broker still holds the message; it comes back after its lease runs out.
+            log.exception("settling %s of %s as %s failed", message.id, self._topic, outcome.name)
+
+    async def _settle(self, delivery: D, outcome: Outcome) -> None:
+        message = delivery.message
+        if outcome is Outcome.SUCCESS:
+            self._to_ack.append(delivery)
+            self._ack_wanted.set()
+        elif outcome is Outcome.RETRY and not self._options.retry.exhausted(message.attempt):
+            await self._source.retry(delivery, self._options.retry.delay(message.attempt))
+        else:
+            if outcome is Outcome.RETRY:
+                log.warning(
+                    "message %s of %s failed %d times; dead-lettering to %s",
+                    message.id,
+                    self._topic,
+                    message.attempt,
+                    self._dead_letter_topic,
+                )
+            await self._source.dead_letter(delivery, self._dead_letter_topic)
+
+    async def _flush_acks(self) -> None:
+        while True:
+            await self._ack_wanted.wait()
+            await self._ack_pending()
+
+    async def _ack_pending(self) -> None:
+        self._ack_wanted.clear()
+        batch, self._to_ack = self._to_ack, []
+        if not batch:
+            return
+        try:
+            await self._source.ack(batch)
+        except asyncio.CancelledError:
+            self._to_ack[:0] = batch
+            raise
+        except Exception:
+            log.exception(
+                "acking %d deliveries of %s failed; they will be redelivered",
+                len(batch),
+                self._topic,
+            )
+
+    async def stop(self, drain_timeout: float) -> None:
+        """Stop intake, let handlers finish within ``drain_timeout``, cancel the rest, hand back."""
+        self._stopping = True
+        self._slot_free.set()
+        if self._inflight:
+            _, pending = await asyncio.wait(list(self._inflight), timeout=drain_timeout)
+            for task in pending:
+                task.cancel()
+            unsettled = [self._inflight[t] for t in pending if t in self._inflight]
+            if pending:
+                await asyncio.wait(pending)
+            if unsettled:
+                with contextlib.suppress(Exception):
+                    await self._source.release(unsettled)
+        await self._ack_pending()

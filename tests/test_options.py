@@ -1,0 +1,65 @@
+"""Durations, retry policies and subscription options."""
+
+from __future__ import annotations
+
+import pytest
+
+from bus.errors import InvalidArgument, InvalidName
+from bus.options import RetryPolicy, SubscriptionOptions, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("30s", 30.0),
+        ("1m30s", 90.0),
+        ("500ms", 0.5),
+        ("2h", 7200.0),
+        ("1.5s", 1.5),
+        ("15000", 15.0),  # a bare number is milliseconds, as in Dapr
+        (250, 0.25),
+        ("0", 0.0),
+    ],
+)
+def test_parse_duration_accepts_go_durations_and_milliseconds(
+    value: object, seconds: float
+) -> None:
+    assert parse_duration(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", ["", "abc", "30 seconds", "-5s", "5d", None, True, -1])
+def test_parse_duration_rejects_garbage_with_the_field_name(value: object) -> None:
+    with pytest.raises(InvalidArgument, match="redeliverInterval"):
+        parse_duration(value, what="redeliverInterval")
+
+
+def test_retry_delays_grow_exponentially_up_to_the_cap() -> None:
+    policy = RetryPolicy(initial_interval=1.0, multiplier=2.0, max_interval=5.0, jitter=0.0)
+    assert [policy.delay(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_retry_jitter_stays_within_bounds() -> None:
+    policy = RetryPolicy(initial_interval=1.0, multiplier=2.0, max_interval=60.0, jitter=0.5)
+    delays = [policy.delay(2) for _ in range(200)]
+    assert all(2.0 <= d <= 2.5 for d in delays)
+    assert len(set(delays)) > 1
+
+
+def test_retry_exhaustion_counts_deliveries() -> None:
+    assert not RetryPolicy(max_attempts=3).exhausted(2)
+    assert RetryPolicy(max_attempts=3).exhausted(3)
+    assert not RetryPolicy(max_attempts=-1).exhausted(10_000)
+
+
+def test_subscription_options_validate_and_default_the_dead_letter_topic() -> None:
+    options = SubscriptionOptions(group="orders-app")
+    assert options.dead_letter_for("orders") == "orders.deadletter"
+    assert (
+        SubscriptionOptions(group="g", dead_letter_topic="poison").dead_letter_for("x") == "poison"
+    )
+    with pytest.raises(InvalidName):
+        SubscriptionOptions(group="g", dead_letter_topic="bad topic")
+    with pytest.raises(InvalidArgument):
+        SubscriptionOptions(group="g", concurrency=0)
+    with pytest.raises(InvalidArgument):
+        SubscriptionOptions(group="g", batch_size=0)
