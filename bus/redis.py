@@ -1,0 +1,293 @@
+"""The Redis Streams broker, wire-compatible with Dapr's ``pubsub.redis``.
+
+Storage layout (one Redis database; each key with its lifetime):
+
+- ``<topic>`` (stream; kept until trimmed): one entry per message, field ``data`` = the message
+  bytes, field ``metadata`` = a JSON object of strings: the message metadata plus ``omnibus-id``
+  (our message id) and, on requests, ``omnibus-reply-to`` / ``omnibus-correlation-id``.  An entry
+  with only ``data`` (from a Dapr sidecar) gets its stream entry id as message id.
+  Consumer group = subscription group, created at ``0`` (a new group reads everything retained);
+  consumer = the broker's instance name, so each instance has its own pending list.  Trimmed with
+  ``XTRIM MINID`` to the oldest entry some group still needs (its oldest pending entry, else the
+  one after its last delivered entry); ``MAXLEN ~`` on publish only if ``maxLenApprox`` is set.
+- ``omnibus:retry:<topic>:<group>`` (sorted set; while retries wait): entry id -> unix ms when a
+  RETRY, or a delivery handed back at shutdown, is due again.  The entry stays pending meanwhile;
+  the first consumer of the group to look once it is due claims it (XCLAIM) and delivers it with
+  attempt = its delivery count.  The reclaim of entries idle past processingTimeout (dead
+  consumers) skips entries that have a due time in the future.
+- ``omnibus:inbox:<instance>.<random>`` (Pub/Sub channel; the broker's life): replies to this
+  broker's requests, each a JSON header line followed by the data bytes.
+- ``omnibus:presence:names`` (sorted set) name -> last beat; ``omnibus:presence:beats:<name>``
+  (sorted set) instance -> last beat; ``omnibus:presence:info:<name>`` (hash) instance -> JSON
+  (address, started, metadata).  Beats refresh a ten-TTL expiry on the per-name keys; listings
+  ignore beats older than the heartbeat TTL.
+
+This module holds the broker, request/reply and presence; ``redis_settings`` parses the
+component, ``redis_wire`` encodes and decodes entries and replies, ``redis_pipeline`` batches
+concurrent commands, ``redis_scripts`` holds the Lua scripts and ``redis_source`` consumes a group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from bus.broker import BaseBroker
+from bus.delivery import Source
+from bus.errors import BrokerClosed
+from bus.message import Message
+from bus.options import SubscriptionOptions
+from bus.presence import HEARTBEAT_TTL, Presence
+from bus.redis_pipeline import _Pipeliner
+from bus.redis_scripts import _Scripts
+from bus.redis_settings import RedisSettings
+from bus.redis_source import _RedisSource
+from bus.redis_wire import (
+    _NETWORK,
+    META_CORRELATION,
+    META_ID,
+    META_REPLY_TO,
+    _call,
+    _decode_reply,
+    _encode_reply,
+    _translate,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "META_CORRELATION",
+    "META_ID",
+    "META_REPLY_TO",
+    "RedisBroker",
+    "RedisSettings",
+    "decode",
+    "encode",
+]
+
+log = logging.getLogger("omnibus.bus.redis")
+
+_PRESENCE_KEEP = HEARTBEAT_TTL * 10
+
+
+class RedisBroker(BaseBroker):
+    """A broker on Redis Streams; brokers on the same Redis see each other's messages."""
+
+    def __init__(
+        self,
+        settings: RedisSettings | None = None,
+        *,
+        instance: str | None = None,
+        drain_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(instance=instance, drain_timeout=drain_timeout)
+        self.settings = settings if settings is not None else RedisSettings()
+        self._client: Redis | None = None
+        self._pipeliner: _Pipeliner | None = None
+        self._scripts: _Scripts | None = None
+        self._pubsub: PubSub | None = None
+        self._inbox_task: asyncio.Task[None] | None = None
+
+    @property
+    def client(self) -> Redis:
+        """The connected redis-py client."""
+        if self._client is None:
+            raise BrokerClosed("the Redis broker is not connected")
+        return self._client
+
+    @property
+    def scripts(self) -> _Scripts:
+        """The registered Lua scripts."""
+        if self._scripts is None:
+            raise BrokerClosed("the Redis broker is not connected")
+        return self._scripts
+
+    async def _connect(self) -> None:
+        s = self.settings
+        client = Redis(
+            host=s.host,
+            port=s.port,
+            db=s.db,
+            username=s.username,
+            password=s.password,
+            ssl=s.tls,
+            socket_connect_timeout=s.dial_timeout,
+            # No socket time-out: redis-py 8.1's read time-out swallows task cancellation
+            # (a cancelled command returns normally), which would hang shutdown.  The reads
+            # and writes that matter are bounded with asyncio.timeout here instead.
+            socket_timeout=None,
+            max_connections=1000,
+            # A few quick retries hide a blip; a server that stays down reaches the caller.
+            retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), 2),
+        )
+        try:
+            await client.ping()
+        except Exception as exc:
+            await client.aclose()
+            raise _translate(exc, f"connecting to {s.address}") from exc
+        self._client = client
+        self._pipeliner = _Pipeliner(client, s.read_timeout + s.write_timeout)
+        self._scripts = _Scripts(client)
+
+    async def _disconnect(self) -> None:
+        if self._inbox_task is not None:
+            self._inbox_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._inbox_task
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        if self._pipeliner is not None:
+            self._pipeliner.close()
+        if self._client is not None:
+            await self._client.aclose()
+        self._client = self._pipeliner = self._scripts = self._pubsub = None
+
+    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        if self._pipeliner is None:
+            raise BrokerClosed("the Redis broker is not connected")
+        return await self._pipeliner.run(commands)
+
+    async def _publish(self, topic: str, batch: Sequence[Message]) -> None:
+        cap = self.settings.max_len_approx
+        head: tuple[Any, ...] = (
+            ("XADD", topic, "MAXLEN", "~", cap, "*") if cap else ("XADD", topic, "*")
+        )
+        commands = []
+        for message in batch:
+            data, meta = encode(message)
+            commands.append((*head, "data", data, "metadata", meta))
+        await self._send(commands)
+
+    async def _open_source(self, topic: str, options: SubscriptionOptions) -> Source[Any]:
+        source = _RedisSource(self, topic, options)
+        try:
+            await source.create_group()
+        except Exception as exc:
+            raise _translate(exc, f"creating group {options.group} on {topic}") from exc
+        return source
+
+    async def trim(self, topic: str) -> None:
+        """Drop the entries of ``topic`` that every group has acked."""
+        with contextlib.suppress(rexc.ResponseError):
+            await self.scripts.low_water(keys=[topic], args=[1])
+
+    async def _browse(self, topic: str, limit: int) -> list[Message]:
+        try:
+            low = await self.scripts.low_water(keys=[topic], args=[0])
+        except rexc.ResponseError:  # no such stream
+            return []
+        entries: Any = await _call(self.client, "XRANGE", topic, low or "-", "+", "COUNT", limit)
+        return [decode(topic, entry_id, fields, 1) for entry_id, fields in entries]
+
+    # -- request/reply ----------------------------------------------------------------------
+
+    async def _open_inbox(self, deliver: Callable[[Message], None]) -> str:
+        channel = f"omnibus:inbox:{self.instance}.{uuid.uuid4().hex[:8]}"
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(channel)
+        self._pubsub = pubsub
+        self._inbox_task = asyncio.create_task(self._read_inbox(pubsub, deliver), name="inbox")
+        return channel
+
+    async def _read_inbox(self, pubsub: PubSub, deliver: Callable[[Message], None]) -> None:
+        failures = 0
+        while True:
+            try:
+                item = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                failures = 0
+            except _NETWORK:
+                failures += 1
+                log.warning("inbox connection lost (try %d); reconnecting", failures)
+                await asyncio.sleep(min(2.0, 0.05 * 2**failures))
+                continue
+            if item is None or item.get("type") != "message":
+                continue
+            try:
+                deliver(_decode_reply(item["data"]))
+            except Exception:
+                log.exception("unreadable reply on the inbox")
+
+    async def _send_reply(self, address: str, reply: Message) -> None:
+        await self._send([("PUBLISH", address, _encode_reply(reply))])
+
+    # -- presence ---------------------------------------------------------------------------
+
+    async def _beat(self, entries: Sequence[Presence]) -> None:
+        now = time.time()
+        keep = int(_PRESENCE_KEEP)
+        commands: list[tuple[Any, ...]] = []
+        for entry in entries:
+            info = orjson.dumps(
+                {
+                    "address": entry.address,
+                    "started": entry.started,
+                    "metadata": dict(entry.metadata),
+                }
+            )
+            beats, infos = _presence_keys(entry.name)
+            commands += [
+                ("ZADD", "omnibus:presence:names", now, entry.name),
+                ("ZADD", beats, now, entry.instance),
+                ("ZREMRANGEBYSCORE", beats, "-inf", now - keep),
+                ("HSET", infos, entry.instance, info),
+                ("EXPIRE", beats, keep),
+                ("EXPIRE", infos, keep),
+            ]
+        commands.append(("ZREMRANGEBYSCORE", "omnibus:presence:names", "-inf", now - keep))
+        await self._send(commands)
+
+    async def _remove_presence(self, entry: Presence) -> None:
+        beats, infos = _presence_keys(entry.name)
+        await self._send([("ZREM", beats, entry.instance), ("HDEL", infos, entry.instance)])
+
+    async def _list_presence(self, name: str | None) -> list[Presence]:
+        since = time.time() - HEARTBEAT_TTL
+        if name is None:
+            [raw] = await self._send([("ZRANGEBYSCORE", "omnibus:presence:names", since, "+inf")])
+            names = [n.decode() for n in raw]
+        else:
+            names = [name]
+        commands: list[tuple[Any, ...]] = []
+        for each in names:
+            beats, infos = _presence_keys(each)
+            commands += [("ZRANGEBYSCORE", beats, since, "+inf", "WITHSCORES"), ("HGETALL", infos)]
+        replies = await self._send(commands) if commands else []
+        found: list[Presence] = []
+        for each, live, details in zip(names, replies[::2], replies[1::2], strict=True):
+            found += _presences(each, live, details)
+        return found
+
+
+def _presences(name: str, live: list[Any], details: dict[bytes, bytes]) -> list[Presence]:
+    found = []
+    for instance, beat in live:  # redis-py pairs WITHSCORES replies
+        raw = details.get(instance)
+        info = orjson.loads(raw) if raw else {}
+        found.append(
+            Presence(
+                name=name,
+                instance=instance.decode(),
+                address=info.get("address", ""),
+                started=float(info.get("started", beat)),
+                last_beat=float(beat),
+                metadata=info.get("metadata", {}),
+            )
+        )
+    return found
+
+
+def _presence_keys(name: str) -> tuple[str, str]:
+    return f"omnibus:presence:beats:{name}", f"omnibus:presence:info:{name}"

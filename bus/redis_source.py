@@ -1,0 +1,208 @@
+"""The consuming side of the Redis broker: one Source per group, claims and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from redis import exceptions as rexc
+
+from bus.message import Message
+from bus.options import SubscriptionOptions
+from bus.redis_wire import _NETWORK, _call, _pairs, _reconnecting, decode, encode
+
+if TYPE_CHECKING:
+    from bus.redis import RedisBroker
+
+log = logging.getLogger("omnibus.bus.redis")
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _RedisDelivery:
+    message: Message
+    entry_id: bytes
+
+
+class _RedisSource:
+    """One consumer (this instance) of one group on one stream."""
+
+    def __init__(self, broker: RedisBroker, topic: str, options: SubscriptionOptions) -> None:
+        self._broker = broker
+        self._redis = broker.client
+        self._topic = topic
+        self._group = options.group
+        self._consumer = broker.instance
+        self._retry_key = f"omnibus:retry:{topic}:{options.group}"
+        self._min_idle_ms = int(options.processing_timeout * 1000)
+        settings = broker.settings
+        self._interval = settings.redeliver_interval
+        self._block = max(0.001, min(1.0, settings.read_timeout / 2))
+        self._trim_every = min(settings.redeliver_interval, 1.0)
+        self._io_timeout = settings.read_timeout + settings.write_timeout
+        self._next_claim = 0.0  # monotonic times
+        self._next_due = 0.0
+        self._local_due = math.inf
+        self._next_trim = 0.0
+        self._reading = _reconnecting(f"reading {topic}")
+
+    async def create_group(self) -> None:
+        """Create the group at the start of the stream (and the stream) unless it exists."""
+        try:
+            await self._redis.xgroup_create(self._topic, self._group, id="0", mkstream=True)
+        except rexc.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def fetch(self, limit: int) -> Sequence[_RedisDelivery]:
+        """Due retries and reclaimed entries first, then new entries (blocking briefly)."""
+        return await self._reading(self._fetch_bounded, limit)
+
+    async def _fetch_bounded(self, limit: int) -> list[_RedisDelivery]:
+        async with asyncio.timeout(self._block + self._io_timeout):
+            return await self._fetch_once(limit)
+
+    async def _fetch_once(self, limit: int) -> list[_RedisDelivery]:
+        try:
+            now = time.monotonic()
+            if now >= min(self._next_claim, self._next_due):
+                claimed = await self._claim(limit, idle=now >= self._next_claim)
+                if claimed:
+                    return claimed
+            wake = min(self._next_claim, self._next_due) - time.monotonic()
+            block_ms = max(1, int(min(self._block, wake) * 1000))
+            reply: Any = await _call(
+                self._redis,
+                "XREADGROUP",
+                "GROUP",
+                self._group,
+                self._consumer,
+                "COUNT",
+                limit,
+                "BLOCK",
+                block_ms,
+                "STREAMS",
+                self._topic,
+                ">",
+            )
+        except rexc.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning(
+                "group %s of %s is gone (Redis restarted?); recreating", self._group, self._topic
+            )
+            await self.create_group()
+            return []
+        if not reply:
+            return []
+        entries = reply[0][1]
+        return [
+            _RedisDelivery(decode(self._topic, entry_id, fields, 1), entry_id)
+            for entry_id, fields in entries
+            if fields is not None
+        ]
+
+    async def _claim(self, limit: int, *, idle: bool) -> list[_RedisDelivery]:
+        # Retries scheduled while the script runs may miss its answer: remember them apart.
+        self._local_due = math.inf
+        reply = await self._broker.scripts.claim(
+            keys=[self._topic, self._retry_key],
+            args=[
+                self._group,
+                self._consumer,
+                int(time.time() * 1000),
+                limit,
+                self._min_idle_ms if idle else -1,
+            ],
+        )
+        now = time.monotonic()
+        if idle:  # the periodic reclaim also trims what every group has acked
+            self._next_claim = now + self._interval
+            await self._broker.trim(self._topic)
+        next_due_ms, trimmed = int(reply[0]), int(reply[1])
+        stored_due = (
+            math.inf if next_due_ms < 0 else now + max(0.0, next_due_ms / 1000 - time.time())
+        )
+        self._next_due = min(stored_due, self._local_due)
+        if trimmed:
+            log.warning(
+                "%d pending entries of %s (group %s) were trimmed away before delivery; acked",
+                trimmed,
+                self._topic,
+                self._group,
+            )
+        rest = reply[2:]
+        return [
+            _RedisDelivery(
+                decode(self._topic, rest[i], _pairs(rest[i + 1]), int(rest[i + 2])), rest[i]
+            )
+            for i in range(0, len(rest), 3)
+        ]
+
+    async def ack(self, deliveries: Sequence[_RedisDelivery]) -> None:
+        """One XACK for the whole batch; then trim the stream now and then."""
+        ids = [d.entry_id for d in deliveries]
+        await self._settling("acking", self._redis.xack, self._topic, self._group, *ids)
+        if time.monotonic() >= self._next_trim:
+            self._next_trim = time.monotonic() + self._trim_every
+            await self._broker.trim(self._topic)
+
+    async def retry(self, delivery: _RedisDelivery, delay: float) -> None:
+        """Record when the entry is due again; it stays pending meanwhile."""
+        due_ms = int((time.time() + delay) * 1000)
+        await self._settling(
+            "scheduling a retry", self._redis.zadd, self._retry_key, {delivery.entry_id: due_ms}
+        )
+        due = time.monotonic() + delay
+        self._next_due = min(self._next_due, due)
+        self._local_due = min(self._local_due, due)
+
+    async def dead_letter(self, delivery: _RedisDelivery, topic: str) -> None:
+        """XADD to ``topic``, XACK and forget the retry record, in one script."""
+        data, meta = encode(delivery.message)
+        await self._settling(
+            "dead-lettering",
+            self._broker.scripts.dead_letter,
+            keys=[self._topic, topic, self._retry_key],
+            args=[
+                self._group,
+                delivery.entry_id,
+                data,
+                meta,
+                self._broker.settings.max_len_approx or 0,
+            ],
+        )
+
+    async def release(self, deliveries: Sequence[_RedisDelivery]) -> None:
+        """Make unsettled deliveries due at once, for any consumer of the group."""
+        now_ms = int(time.time() * 1000)
+        async with asyncio.timeout(self._io_timeout):  # shutdown must not hang on a dead link
+            await self._redis.zadd(self._retry_key, {d.entry_id: now_ms for d in deliveries})
+
+    async def close(self) -> None:
+        """Forget this consumer in the group if it holds no pending entries."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._io_timeout):
+                await self._broker.scripts.drop_consumer(
+                    keys=[self._topic], args=[self._group, self._consumer]
+                )
+
+    async def _settling(
+        self, what: str, call: Callable[..., Awaitable[T]], *args: Any, **kw: Any
+    ) -> T:
+        async def attempt() -> T:  # tenacity awaits coroutine functions only
+            async with asyncio.timeout(self._io_timeout):
+                return await call(*args, **kw)
+
+        try:
+            return await attempt()
+        except _NETWORK:  # the connection is down: back off and retry for a while
+            retrying = _reconnecting(f"{what} on {self._topic}", give_up_after=self._interval)
+            return await retrying(attempt)

@@ -1,0 +1,113 @@
+"""Messages as Redis stream entries and inbox replies, and Redis errors as ours."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+import tenacity
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+
+from bus.errors import BrokerError, BrokerUnavailable
+from bus.message import Message
+
+log = logging.getLogger("omnibus.bus.redis")
+
+META_ID = "omnibus-id"
+META_REPLY_TO = "omnibus-reply-to"
+META_CORRELATION = "omnibus-correlation-id"
+_NETWORK = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+
+
+def encode(message: Message) -> tuple[bytes, bytes]:
+    """The ``data`` and ``metadata`` fields of a stream entry for ``message``."""
+    meta = dict(message.metadata)
+    meta[META_ID] = message.id
+    if message.reply_to:
+        meta[META_REPLY_TO] = message.reply_to
+    if message.correlation_id:
+        meta[META_CORRELATION] = message.correlation_id
+    return message.data, orjson.dumps(meta)
+
+
+def decode(topic: str, entry_id: bytes, fields: Mapping[bytes, bytes], attempt: int) -> Message:
+    """The message of a stream entry, ours or Dapr's (``data`` only)."""
+    raw = fields.get(b"metadata")
+    meta: Any = {}
+    if raw:
+        try:
+            meta = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            log.warning("entry %s of %s has unreadable metadata", entry_id, topic)
+        if not isinstance(meta, dict):
+            meta = {}
+    message_id = meta.pop(META_ID, None)
+    reply_to = meta.pop(META_REPLY_TO, None)
+    correlation_id = meta.pop(META_CORRELATION, None)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        meta = {str(k): v if isinstance(v, str) else str(v) for k, v in meta.items()}
+    return Message(
+        data=fields.get(b"data", b""),
+        metadata=meta,
+        id=message_id if isinstance(message_id, str) and message_id else entry_id.decode(),
+        topic=topic,
+        attempt=max(attempt, 1),
+        reply_to=reply_to if isinstance(reply_to, str) else None,
+        correlation_id=correlation_id if isinstance(correlation_id, str) else None,
+    )
+
+
+async def _call(client: Redis, *args: Any) -> Any:
+    """One raw command (its reply as redis-py parses it)."""
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _translate(exc: Exception, doing: str) -> BrokerError:
+    if isinstance(exc, _NETWORK):
+        return BrokerUnavailable(f"Redis unreachable while {doing}: {exc}")
+    return BrokerError(f"Redis failed while {doing}: {exc}")
+
+
+def _reconnecting(what: str, give_up_after: float | None = None) -> tenacity.AsyncRetrying:
+    """Retry on network errors with exponential backoff (forever, or for ``give_up_after`` s)."""
+
+    def warn(state: tenacity.RetryCallState) -> None:
+        log.warning("Redis unreachable while %s (try %d); retrying", what, state.attempt_number)
+
+    stop = (
+        tenacity.stop_never if give_up_after is None else tenacity.stop_after_delay(give_up_after)
+    )
+    return tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception_type(_NETWORK),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
+        stop=stop,
+        before_sleep=warn,
+        reraise=True,
+    )
+
+
+def _encode_reply(reply: Message) -> bytes:
+    header = {
+        "id": reply.id,
+        "correlation_id": reply.correlation_id,
+        "metadata": dict(reply.metadata),
+    }
+    return orjson.dumps(header) + b"\n" + reply.data
+
+
+def _decode_reply(payload: bytes) -> Message:
+    header, _, data = payload.partition(b"\n")
+    fields = orjson.loads(header)
+    return Message(
+        data=data,
+        metadata=fields.get("metadata") or {},
+        id=fields["id"],
+        correlation_id=fields.get("correlation_id"),
+    )
