@@ -1,0 +1,393 @@
+"""The RabbitMQ broker (aio-pika): durable, confirmed, delayed retry, dead letters, request/reply.
+
+Topology (``d`` = durable unless the component sets ``durable: false``; names use ``@``, which a
+topic or group can never contain, so our own objects never collide with a user's topic):
+
+- ``<topic>``: exchange (``exchangeKind``, fanout by default, d), one per topic, as Dapr names it,
+  with ``alternate-exchange = <topic>@held``.  Declared on first publish or subscribe; kept.
+- ``<topic>@held``: fanout exchange + queue (d).  A message published while no group's queue is
+  bound to the topic lands here instead of being dropped (RabbitMQ drops unroutable messages).
+  The first subscription of a topic replays the held messages to the topic exchange, so every group
+  bound by then gets them, then acks them: publishing before anybody subscribed loses nothing.
+  If the topic exchange already exists without that argument (declared by a Dapr sidecar), omnibus
+  uses it as it is and logs that unroutable messages of that topic are not kept.
+- ``<group>-<topic>``: queue (d) per group, bound to the topic exchange with routing key ``""``
+  (Dapr's name and default binding; a batch is published with its first message's ``routingKey``
+  metadata, default ``""``, so with a direct or topic ``exchangeKind`` only messages routed with
+  ``""`` reach omnibus queues; fanout, the default, ignores routing keys); arguments
+  ``x-max-length``/``x-max-length-bytes`` from ``maxLen``/``maxLenBytes``; with
+  ``enableDeadLetter`` also ``x-dead-letter-exchange = dlx-<queue>`` and queue ``dlq-<queue>``
+  (Dapr's names) which collect what RabbitMQ itself discards (overflow, expired ``ttlInSeconds``).
+- ``<queue>@retry@<ms>``: delay queues (d) of the retry ladder :data:`RETRY_LADDER_MS`, one per rung
+  and group queue, ``x-message-ttl = ms``, dead-lettering to the default exchange with routing key
+  ``<queue>``: a retried message comes back to its own group only, never through the fanout.
+  ``x-expires`` removes an idle rung ``EXPIRE_AFTER_MS`` after its last use (every retry
+  re-declares its rung first, so a waiting message always outlives its queue's expiry).
+- ``omnibus@presence``: fanout exchange (auto-delete) carrying presence beats, withdrawals and
+  probes; each broker listens on an exclusive server-named queue and keeps the table locally.
+  ``omnibus@presence@roll``: auto-delete queue that every announcing broker consumes (never
+  receives anything); its consumer count tells a starting broker how many answers to its probe to
+  await before its first ``instances()``.
+- ``amq.rabbitmq.reply-to``: direct reply-to of the request inbox, one channel per broker.
+
+Messages are persistent (``deliveryMode`` 2); every publish waits for its publisher confirm (a
+batch is published at once and its confirms awaited together); a confirm that is lost with the
+connection raises :class:`~bus.errors.PublishError`, never a silent loss.  Our id is the AMQP
+``message_id``, metadata are headers, the attempt is the header ``omnibus-attempt``.  Classic
+queues carry only a boolean ``redelivered`` flag, so a delivery the broker hands out again (after
+a crash, a lost connection or a hand-back at shutdown) counts as ``omnibus-attempt + 1``; a retry
+re-publishes with the attempt it computed, plus one.
+
+Consuming: manual acks, one channel per subscription with ``basic.qos(prefetchCount)``; settled
+deliveries are acked together (after ``ACK_BATCH`` of them or ``ACK_LINGER``): the contiguous prefix
+of delivery tags in one ``multiple=True`` ack, tags above a still-running handler one by one.
+``connect_robust`` re-opens channels and re-declares exchanges, queues, bindings and consumers
+after a reconnect; deliveries of the dead channel are not acked (the broker redelivers
+them).  A handler time-out (``processingTimeout``) is the Dispatcher's: it counts as RETRY; an
+unacked message is redelivered when its channel or connection closes.
+
+This module holds the broker and its topology; ``rabbitmq_settings`` parses the component,
+``rabbitmq_wire`` names objects and encodes, decodes and publishes messages, ``rabbitmq_source``
+consumes a group queue and ``rabbitmq_presence`` keeps the presence table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustQueue,
+)
+
+from bus.broker import BaseBroker
+from bus.delivery import Source
+from bus.errors import BrokerClosed, BrokerUnavailable
+from bus.message import Message
+from bus.options import SubscriptionOptions
+from bus.presence import Presence
+from bus.rabbitmq_presence import PRESENCE_EXCHANGE, PRESENCE_ROLL, _PresenceBoard
+from bus.rabbitmq_settings import DEFAULT_URL, RabbitSettings
+from bus.rabbitmq_source import ACK_BATCH, ACK_LINGER, _Delivery, _RabbitSource
+from bus.rabbitmq_wire import (
+    ATTEMPT_HEADER,
+    CLOSE_TIMEOUT,
+    EXPIRE_AFTER_MS,
+    PUBLISH_TIMEOUT,
+    REPLY_TO,
+    RETRY_LADDER_MS,
+    _checked,
+    decode,
+    held_name,
+    queue_name,
+    retry_queue_name,
+    retry_rung,
+    send,
+)
+
+__all__ = [
+    "ACK_BATCH",
+    "ACK_LINGER",
+    "ATTEMPT_HEADER",
+    "DEFAULT_URL",
+    "EXPIRE_AFTER_MS",
+    "PRESENCE_EXCHANGE",
+    "PRESENCE_ROLL",
+    "PUBLISH_TIMEOUT",
+    "REPLY_TO",
+    "RETRY_LADDER_MS",
+    "RabbitBroker",
+    "RabbitSettings",
+    "_Delivery",
+    "_RabbitSource",
+    "decode",
+    "held_name",
+    "queue_name",
+    "retry_queue_name",
+    "retry_rung",
+]
+
+log = logging.getLogger("omnibus.bus.rabbitmq")
+
+
+class RabbitBroker(BaseBroker):
+    """A broker on RabbitMQ; brokers on one server (and vhost) see each other's messages.
+
+    ``declared_queues`` / ``declared_exchanges`` record every durable object this broker
+    declared, so that tools and tests can remove them.
+    """
+
+    def __init__(
+        self,
+        settings: RabbitSettings | None = None,
+        *,
+        instance: str | None = None,
+        drain_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(instance=instance, drain_timeout=drain_timeout)
+        self.settings = settings if settings is not None else RabbitSettings()
+        self.declared_queues: set[str] = set()
+        self.declared_exchanges: set[str] = set()
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._inbox_channel: AbstractRobustChannel | None = None
+        self._topics: set[str] = set()
+        self._topic_args: dict[str, dict[str, Any] | None] = {}
+        self._topic_lock = asyncio.Lock()
+        self._group_queues: dict[str, set[str]] = {}
+        self._presence: _PresenceBoard | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        try:
+            self._connection = await aio_pika.connect_robust(
+                self.settings.url,
+                reconnect_interval=self.settings.reconnect_wait,
+                client_properties={"connection_name": f"omnibus {self.instance}"},
+            )
+            self._channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            self._presence = _PresenceBoard(self._connection, self.instance)
+            await self._presence.start(lambda: list(self._announced.values()))
+        except (OSError, aiormq.exceptions.AMQPError) as exc:
+            if self._connection is not None:
+                await self._connection.close()
+            raise BrokerUnavailable(f"cannot connect to RabbitMQ: {exc}") from exc
+
+    async def _disconnect(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._connection.close()
+        self._connection = self._channel = self._inbox_channel = None
+
+    def _conn(self) -> AbstractRobustConnection:
+        if self._connection is None:
+            raise BrokerClosed("the broker is not connected")
+        return self._connection
+
+    def _chan(self) -> AbstractRobustChannel:
+        if self._channel is None:
+            raise BrokerClosed("the broker is not connected")
+        return self._channel
+
+    # -- topology -----------------------------------------------------------------------------
+
+    async def _declare_topic(self, channel: AbstractRobustChannel, topic: str) -> None:
+        """Declare the topic exchange and its held queue on ``channel`` (restored on reconnect)."""
+        durable, held = self.settings.durable, held_name(topic)
+        held_exchange = await channel.declare_exchange(held, "fanout", durable=durable)
+        held_queue = await channel.declare_queue(held, durable=durable)
+        await held_queue.bind(held_exchange)
+        self.declared_exchanges.update((held, topic))
+        self.declared_queues.add(held)
+        arguments = await self._topic_arguments(topic)
+        if arguments is None:
+            await channel.declare_exchange(topic, passive=True)
+        else:
+            await channel.declare_exchange(
+                topic, self.settings.exchange_kind, durable=durable, arguments=arguments
+            )
+
+    async def _topic_arguments(self, topic: str) -> dict[str, Any] | None:
+        """The topic exchange's arguments, or None if another client declared it without ours.
+
+        Tried on a throwaway channel, since a refused declare closes the channel it was sent on.
+        """
+        if topic in self._topic_args:
+            return self._topic_args[topic]
+        arguments: dict[str, Any] | None = {"alternate-exchange": held_name(topic)}
+        channel = await self._conn().channel(publisher_confirms=False)
+        try:
+            await channel.declare_exchange(
+                topic,
+                self.settings.exchange_kind,
+                durable=self.settings.durable,
+                arguments=arguments,
+                robust=False,
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            log.warning(
+                "exchange %r exists without alternate-exchange (declared by another client): "
+                "messages published while no queue is bound to it are not kept",
+                topic,
+            )
+            arguments = None
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        self._topic_args[topic] = arguments
+        return arguments
+
+    async def _ensure_topic(self, topic: str) -> None:
+        if topic in self._topics:
+            return
+        async with self._topic_lock:
+            if topic not in self._topics:
+                await self._declare_topic(self._chan(), topic)
+                self._topics.add(topic)
+
+    async def _publish(self, topic: str, batch: Sequence[Message]) -> None:
+        await self._ensure_topic(topic)
+        via_inbox = batch[0].reply_to == REPLY_TO and self._inbox_channel is not None
+        channel = self._inbox_channel if via_inbox else self._channel
+        if channel is None:
+            raise BrokerClosed("the broker is not connected")
+        routing_key = batch[0].metadata.get("routingKey", "")
+        await send(channel, topic, routing_key, batch, self.settings, mandatory=False)
+
+    async def _delay(self, queue: str, message: Message, ms: int) -> None:
+        """Put ``message`` back on ``queue`` after ``ms`` (a ladder rung), confirmed."""
+        channel = self._chan()
+        target = queue
+        if ms > 0:
+            target = retry_queue_name(queue, ms)
+            arguments = {
+                "x-message-ttl": ms,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": queue,
+                "x-expires": ms + EXPIRE_AFTER_MS,
+            }
+            # re-declared before every use: it resets x-expires and recreates a deleted rung
+            await channel.declare_queue(
+                target, durable=self.settings.durable, arguments=arguments, robust=False
+            )
+            self.declared_queues.add(target)
+        await send(channel, "", target, [message], self.settings, mandatory=True)
+
+    # -- subscribing --------------------------------------------------------------------------
+
+    async def _open_source(self, topic: str, options: SubscriptionOptions) -> Source[Any]:
+        name = queue_name(options.group, topic)
+        channel = await self._conn().channel(publisher_confirms=False)
+        try:
+            await channel.set_qos(prefetch_count=self.settings.prefetch_count)
+            await self._declare_topic(channel, topic)
+            queue = await self._declare_group_queue(channel, name)
+            await queue.bind(topic, routing_key="")
+            await self._replay_held(topic)
+            source = _RabbitSource(self, topic, queue, channel)
+            await source.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
+        self._group_queues.setdefault(topic, set()).add(name)
+        return source
+
+    async def _declare_group_queue(
+        self, channel: AbstractRobustChannel, name: str
+    ) -> AbstractRobustQueue:
+        durable = self.settings.durable
+        if self.settings.enable_dead_letter:
+            dlx, dlq = f"dlx-{name}", _checked(f"dlq-{name}")
+            exchange = await channel.declare_exchange(dlx, "fanout", durable=durable)
+            dead = await channel.declare_queue(dlq, durable=durable)
+            await dead.bind(exchange)
+            self.declared_exchanges.add(dlx)
+            self.declared_queues.add(dlq)
+        queue = await channel.declare_queue(
+            name, durable=durable, arguments=self.settings.queue_arguments(name)
+        )
+        self.declared_queues.add(name)
+        return queue
+
+    async def _replay_held(self, topic: str) -> None:
+        """Send messages held while nobody was bound to the topic's exchange, then ack them."""
+        channel = await self._conn().channel(publisher_confirms=False)
+        try:
+            held = await channel.get_queue(held_name(topic), ensure=False)
+            taken: list[AbstractIncomingMessage] = []
+            forwarded: set[str] = set()
+            while True:
+                raw = await held.get(no_ack=False, fail=False)
+                if raw is None or raw.message_id in forwarded:  # came back: nobody is bound
+                    break
+                forwarded.add(raw.message_id or "")
+                taken.append(raw)
+                if len(taken) >= 500:
+                    await self._forward(topic, taken)
+                    taken = []
+            if taken:
+                await self._forward(topic, taken)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def _forward(self, topic: str, taken: list[AbstractIncomingMessage]) -> None:
+        messages = [decode(raw, topic, count_redelivery=False) for raw in taken]
+        await send(self._chan(), topic, "", messages, self.settings, mandatory=False)
+        await taken[-1].ack(multiple=True)
+
+    # -- request/reply ------------------------------------------------------------------------
+
+    async def _open_inbox(self, deliver: Callable[[Message], None]) -> str:
+        channel = await self._conn().channel(publisher_confirms=True)
+        queue = await channel.declare_queue(REPLY_TO, passive=True)
+
+        async def on_reply(raw: AbstractIncomingMessage) -> None:
+            deliver(decode(raw, ""))
+
+        await queue.consume(on_reply, no_ack=True)
+        self._inbox_channel = channel
+        # Requests carry this address as reply_to; _publish sends them on the inbox channel,
+        # which is what direct reply-to requires, and RabbitMQ rewrites it per channel.
+        return REPLY_TO
+
+    async def _send_reply(self, address: str, reply: Message) -> None:
+        # A requester that is gone (or reconnected since) gets nothing: like a lost reply.
+        await send(self._chan(), "", address, [reply], self.settings, mandatory=False)
+
+    # -- browsing -----------------------------------------------------------------------------
+
+    async def _browse(self, topic: str, limit: int) -> list[Message]:
+        """The held messages of ``topic``, then those waiting in this broker's group queues.
+
+        Messages are taken without ack and handed back when the browsing channel closes; a
+        browsed message of a group queue is then marked redelivered (it counts one attempt more).
+        """
+        await self._ensure_topic(topic)
+        channel = await self._conn().channel(publisher_confirms=False)
+        found: list[Message] = []
+        seen: set[str] = set()
+        try:
+            for name in [held_name(topic), *sorted(self._group_queues.get(topic, ()))]:
+                queue = await channel.get_queue(name, ensure=False)
+                while len(found) < limit:
+                    raw = await queue.get(no_ack=False, fail=False)
+                    if raw is None:
+                        break
+                    message = decode(raw, topic, count_redelivery=False)
+                    if message.id not in seen:
+                        seen.add(message.id)
+                        found.append(message)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        return found
+
+    # -- presence -----------------------------------------------------------------------------
+
+    def _board(self) -> _PresenceBoard:
+        if self._presence is None:
+            raise BrokerClosed("the broker is not connected")
+        return self._presence
+
+    async def _beat(self, entries: Sequence[Presence]) -> None:
+        await self._board().beat(entries)
+
+    async def _remove_presence(self, entry: Presence) -> None:
+        await self._board().remove(entry)
+
+    async def _list_presence(self, name: str | None) -> list[Presence]:
+        return await self._board().entries(name)

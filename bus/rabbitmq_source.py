@@ -1,0 +1,169 @@
+"""The consuming side of the RabbitMQ broker: one Source per group queue, acks coalesced."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
+
+from bus.errors import BrokerClosed
+from bus.message import Message
+from bus.rabbitmq_wire import CLOSE_TIMEOUT, decode, retry_rung
+
+if TYPE_CHECKING:
+    from bus.rabbitmq import RabbitBroker
+
+log = logging.getLogger("omnibus.bus.rabbitmq")
+
+# Acks of settled deliveries go out once ACK_BATCH are waiting or ACK_LINGER seconds passed: one
+# frame for many (a crash in between only means redeliveries, which at-least-once allows).
+ACK_BATCH = 50
+ACK_LINGER = 0.005
+
+
+@dataclass(slots=True)
+class _Delivery:
+    message: Message
+    channel: aiormq.abc.AbstractChannel
+    tag: int
+
+
+class _RabbitSource:
+    """One consumer of a group queue, on its own channel."""
+
+    def __init__(
+        self,
+        broker: RabbitBroker,
+        topic: str,
+        queue: AbstractRobustQueue,
+        channel: AbstractRobustChannel,
+    ) -> None:
+        self._broker = broker
+        self._topic = topic
+        self._queue = queue
+        self._channel = channel
+        self._buffer: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+        # delivery tags handed to handlers and not settled yet, per AMQP channel, in tag order
+        self._unsettled: dict[aiormq.abc.AbstractChannel, dict[int, None]] = {}
+        self._to_ack: dict[aiormq.abc.AbstractChannel, list[int]] = {}
+        self._acks_waiting = 0
+        self._linger: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._consumer_tag: str | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
+
+    def _on_message(self, raw: AbstractIncomingMessage) -> None:
+        # a plain function: aio-pika then calls it without a task of its own per message
+        self._buffer.put_nowait(raw)
+
+    async def fetch(self, limit: int) -> Sequence[_Delivery]:
+        raw = await self._buffer.get()
+        items = [raw]
+        while len(items) < limit and not self._buffer.empty():
+            items.append(self._buffer.get_nowait())
+        out: list[_Delivery] = []
+        for item in items:
+            if item is None:
+                self._buffer.put_nowait(None)  # wake any other waiter too
+                if out:
+                    break
+                raise BrokerClosed("subscription closed")
+            if item.channel.is_closed:  # delivered on a channel lost since; redelivered anyway
+                continue
+            tag = item.delivery_tag or 0
+            self._unsettled.setdefault(item.channel, {})[tag] = None
+            out.append(_Delivery(decode(item, self._topic), item.channel, tag))
+        return out
+
+    async def ack(self, deliveries: Sequence[_Delivery]) -> None:
+        """Settle ``deliveries``; acks go out in one flush per ``ACK_BATCH`` or ``ACK_LINGER``."""
+        for delivery in deliveries:
+            self._unsettled.get(delivery.channel, {}).pop(delivery.tag, None)
+            self._to_ack.setdefault(delivery.channel, []).append(delivery.tag)
+        self._acks_waiting += len(deliveries)
+        if self._acks_waiting >= ACK_BATCH:
+            await self.flush_acks()
+        elif self._linger is None and self._acks_waiting:
+            self._linger = asyncio.get_running_loop().call_later(ACK_LINGER, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._linger = None
+        task = asyncio.create_task(self.flush_acks())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def flush_acks(self) -> None:
+        """Send the acks of settled deliveries: one multiple-ack for the settled prefix of tags."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        batches, self._to_ack, self._acks_waiting = self._to_ack, {}, 0
+        for channel, tags in batches.items():
+            if channel.is_closed:  # the broker requeued them when the channel went
+                self._unsettled.pop(channel, None)
+                continue
+            tags.sort()
+            lowest = next(iter(self._unsettled.get(channel, {})), None)
+            prefix = [t for t in tags if lowest is None or t < lowest]
+            try:
+                if prefix:  # every tag below the lowest unsettled one is settled: one frame
+                    await channel.basic_ack(prefix[-1], multiple=True)
+                for tag in tags[len(prefix) :]:
+                    await channel.basic_ack(tag)
+            except (aiormq.exceptions.AMQPError, ConnectionError):
+                log.warning("acks lost with their channel; RabbitMQ redelivers those messages")
+
+    async def retry(self, delivery: _Delivery, delay: float) -> None:
+        message = replace(delivery.message, attempt=delivery.message.attempt + 1)
+        try:
+            await self._broker._delay(self._queue.name, message, retry_rung(delay))
+        except Exception:
+            await self._hand_back(delivery)  # the original comes back now instead
+            raise
+        await self.ack([delivery])
+
+    async def dead_letter(self, delivery: _Delivery, topic: str) -> None:
+        try:
+            await self._broker._publish(topic, [replace(delivery.message, attempt=1)])
+        except Exception:
+            await self._hand_back(delivery)
+            raise
+        await self.ack([delivery])
+
+    async def release(self, deliveries: Sequence[_Delivery]) -> None:
+        for delivery in deliveries:
+            await self._hand_back(delivery)
+
+    async def _hand_back(self, delivery: _Delivery) -> None:
+        """Requeue an unsettled delivery (RabbitMQ has no lease that would expire)."""
+        self._unsettled.get(delivery.channel, {}).pop(delivery.tag, None)
+        if not delivery.channel.is_closed:
+            with contextlib.suppress(Exception):
+                await delivery.channel.basic_nack(delivery.tag, requeue=True)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.put_nowait(None)
+        await self.flush_acks()
+        if self._flushes:
+            await asyncio.wait(self._flushes)
+        # bounded: with the broker unreachable the robust channel would wait for a reconnect
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                if self._consumer_tag is not None:
+                    await self._queue.cancel(self._consumer_tag)
+        # closing the channel hands every unacked delivery (prefetched ones too) back to the queue
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._channel.close()

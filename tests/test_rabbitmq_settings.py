@@ -1,0 +1,158 @@
+"""RabbitMQ settings, names, the retry ladder and ack coalescing: no broker needed."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from bus.errors import ConfigError, InvalidName
+from bus.message import Message
+from bus.rabbitmq import (
+    ACK_BATCH,
+    ACK_LINGER,
+    DEFAULT_URL,
+    RETRY_LADDER_MS,
+    RabbitSettings,
+    _Delivery,
+    _RabbitSource,
+    held_name,
+    queue_name,
+    retry_queue_name,
+    retry_rung,
+)
+
+
+def test_defaults_are_the_safe_ones() -> None:
+    settings = RabbitSettings.from_metadata({})
+    assert settings.url == DEFAULT_URL
+    assert settings.durable is True
+    assert settings.delivery_mode == 2
+    assert settings.prefetch_count == 200
+    assert settings.exchange_kind == "fanout"
+    assert settings.queue_arguments("g-t") == {}
+
+
+def test_dapr_metadata_names() -> None:
+    settings = RabbitSettings.from_metadata(
+        {
+            "host": "amqp://u:p@rabbit:5673/vh",
+            "durable": "false",
+            "deliveryMode": "1",
+            "prefetchCount": "0",
+            "enableDeadLetter": "true",
+            "ttlInSeconds": "60",
+            "maxLen": "1000",
+            "maxLenBytes": "1048576",
+            "reconnectWaitSeconds": "5",
+            "exchangeKind": "topic",
+        }
+    )
+    assert settings.url == "amqp://u:p@rabbit:5673/vh"
+    assert (settings.durable, settings.delivery_mode, settings.prefetch_count) == (False, 1, 0)
+    assert settings.ttl_seconds == 60 and settings.reconnect_wait == 5.0
+    assert settings.exchange_kind == "topic"
+    assert settings.queue_arguments("g-t") == {
+        "x-max-length": 1000,
+        "x-max-length-bytes": 1048576,
+        "x-dead-letter-exchange": "dlx-g-t",
+    }
+    # connectionString wins over host; durations accept Go spellings
+    both = {"connectionString": "amqps://a/", "host": "amqp://b/", "reconnectWait": "500ms"}
+    parsed = RabbitSettings.from_metadata(both)
+    assert parsed.url == "amqps://a/" and parsed.reconnect_wait == 0.5
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("connectionString", "http://host/"),
+        ("durable", "maybe"),
+        ("deliveryMode", "3"),
+        ("prefetchCount", "-1"),
+        ("prefetchCount", "lots"),
+        ("maxLen", "0"),
+        ("ttlInSeconds", "1.5"),
+        ("exchangeKind", "x-delayed"),
+        ("reconnectWait", "soon"),
+    ],
+)
+def test_bad_values_name_the_key(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=key if key != "connectionString" else "amqp"):
+        RabbitSettings.from_metadata({key: value})
+
+
+def test_names_follow_dapr_and_never_collide_with_topics() -> None:
+    assert queue_name("orders-app", "orders") == "orders-app-orders"
+    assert held_name("orders") == "orders@held"
+    assert retry_queue_name("g-orders", 5000) == "g-orders@retry@5000"
+    with pytest.raises(InvalidName):
+        queue_name("g" * 128, "t" * 200)
+
+
+def test_retry_rung_never_shortens_the_backoff() -> None:
+    assert retry_rung(0) == 0
+    assert retry_rung(0.05) == 100
+    assert retry_rung(0.4) == 500
+    assert retry_rung(1.0) == 1000
+    assert retry_rung(7) == 10_000
+    assert retry_rung(10 * 3600) == RETRY_LADDER_MS[-1]
+    for delay in (0.1, 0.3, 2.5, 59, 299):
+        assert retry_rung(delay) >= delay * 1000
+
+
+@dataclass(eq=False)
+class _Channel:
+    """Records the acks a source sends; a stand-in for one AMQP channel."""
+
+    is_closed: bool = False
+    acks: list[tuple[int, bool]] = field(default_factory=list)
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self.acks.append((delivery_tag, multiple))
+
+
+def _source_with(channel: _Channel, tags: list[int]) -> tuple[_RabbitSource, list[_Delivery]]:
+    source = _RabbitSource(None, "t", None, None)  # type: ignore[arg-type]
+    deliveries = [_Delivery(Message(data=b""), channel, tag) for tag in tags]  # type: ignore[arg-type]
+    source._unsettled[channel] = dict.fromkeys(tags)  # type: ignore[index]
+    return source, deliveries
+
+
+async def test_acks_of_a_settled_prefix_are_one_multiple_ack() -> None:
+    channel = _Channel()
+    source, d = _source_with(channel, [1, 2, 3, 4, 5, 6])
+    # 1..3 settled while 4 still runs: nothing sent until the flush, then one multiple ack
+    await source.ack([d[2], d[0], d[1]])
+    assert channel.acks == []
+    await source.flush_acks()
+    assert channel.acks == [(3, True)]
+    # 6 settles before 4 and 5: acked alone (4 is still unsettled)
+    await source.ack([d[5]])
+    await source.flush_acks()
+    assert channel.acks[-1] == (6, False)
+    # 4 and 5 settle: everything below the lowest unsettled tag again, in one frame
+    await source.ack([d[3], d[4]])
+    await source.flush_acks()
+    assert channel.acks[-1] == (5, True)
+    assert source._unsettled[channel] == {}  # type: ignore[index]
+
+
+async def test_acks_flush_by_themselves_after_a_batch_or_a_linger() -> None:
+    channel = _Channel()
+    source, d = _source_with(channel, list(range(1, ACK_BATCH + 3)))
+    await source.ack(d[:ACK_BATCH])  # a full batch goes out at once
+    assert channel.acks == [(ACK_BATCH, True)]
+    await source.ack(d[ACK_BATCH:])  # a smaller one after the linger
+    assert channel.acks == [(ACK_BATCH, True)]
+    await asyncio.sleep(ACK_LINGER * 4)
+    assert channel.acks == [(ACK_BATCH, True), (ACK_BATCH + 2, True)]
+
+
+async def test_acks_on_a_lost_channel_are_skipped() -> None:
+    channel = _Channel(is_closed=True)
+    source, deliveries = _source_with(channel, [1, 2])
+    await source.ack(deliveries)
+    await source.flush_acks()  # the broker redelivers them: nothing to send
+    assert channel.acks == []
