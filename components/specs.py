@@ -1,0 +1,124 @@
+"""Typed, frozen specs of Dapr resource files: what the rest of omnibus reads, never raw YAML.
+
+``components/loader.py`` turns ``kind: Component``, ``kind: Subscription`` and ``kind: Resiliency``
+documents into these; programmatic subscriptions (``GET /dapr/subscribe``) become the same
+:class:`SubscriptionSpec`.  Secrets and ``{env:NAME}`` are already resolved in ``metadata``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+SubscriptionType = Literal["DECLARATIVE", "PROGRAMMATIC"]
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentSpec:
+    """One ``kind: Component``: ``type`` like ``pubsub.redis``, metadata as strings."""
+
+    name: str
+    type: str
+    version: str = "v1"
+    metadata: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    scopes: tuple[str, ...] = ()
+    source: str = ""  # the file it came from, for error messages
+
+    @property
+    def kind(self) -> str:
+        """The building block: ``pubsub`` or ``state``."""
+        return self.type.split(".", 1)[0]
+
+    def applies_to(self, app_id: str) -> bool:
+        """True if the component is not scoped or scoped to ``app_id``."""
+        return not self.scopes or app_id in self.scopes
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """A CEL expression over ``event`` and the app path it routes to."""
+
+    match: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Routes:
+    """Rules tried in order, first match wins; ``default`` when none matches (or no rules)."""
+
+    rules: tuple[RouteRule, ...] = ()
+    default: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkSubscribe:
+    """Dapr's ``bulkSubscribe`` block: deliver up to ``max_messages`` per POST."""
+
+    enabled: bool = False
+    max_messages: int = 100
+    max_await_ms: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSpec:
+    """One subscription, declarative (a file) or programmatic (``/dapr/subscribe``)."""
+
+    pubsubname: str
+    topic: str
+    routes: Routes
+    dead_letter_topic: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    bulk: BulkSubscribe = field(default_factory=BulkSubscribe)
+    scopes: tuple[str, ...] = ()
+    type: SubscriptionType = "DECLARATIVE"
+    name: str = ""
+    source: str = ""
+
+    def applies_to(self, app_id: str) -> bool:
+        """True if the subscription is not scoped or scoped to ``app_id``."""
+        return not self.scopes or app_id in self.scopes
+
+    @property
+    def raw_payload(self) -> bool:
+        """True when the app wants the bytes as published, without a CloudEvent envelope."""
+        return self.metadata.get("rawPayload", "").lower() == "true"
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySpec:
+    """A named retry policy of a Resiliency file (Dapr semantics: maxRetries -1 = forever)."""
+
+    policy: Literal["constant", "exponential"] = "constant"
+    duration: float = 5.0  # seconds: the constant interval, or the first exponential one
+    max_interval: float = 60.0
+    max_retries: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class ResiliencySpec:
+    """``kind: Resiliency``: named policies and the targets that use them (as policy names)."""
+
+    name: str
+    retries: Mapping[str, RetrySpec] = field(default_factory=lambda: MappingProxyType({}))
+    timeouts: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    # component name -> direction ("inbound" | "outbound") -> {"retry": name, "timeout": name}
+    components: Mapping[str, Mapping[str, Mapping[str, str]]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    # app id -> {"retry": name, "timeout": name}
+    apps: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
+    scopes: tuple[str, ...] = ()
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """Everything loaded from the resources paths, already filtered for one app id."""
+
+    components: tuple[ComponentSpec, ...] = ()
+    subscriptions: tuple[SubscriptionSpec, ...] = ()
+    resiliencies: tuple[ResiliencySpec, ...] = ()

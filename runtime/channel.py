@@ -1,0 +1,155 @@
+"""The app channel: the sidecar's one pooled, keep-alive HTTP client to its app.
+
+One ``aiohttp.ClientSession`` for the life of the sidecar; its connector's ``limit`` is
+``--app-max-concurrency`` (-1: unbounded), so at most that many calls are in the app at once and
+the rest wait for a free connection.  Every call carries ``dapr-api-token`` when ``APP_API_TOKEN``
+is set.  Time-outs are the caller's (the subscription's processing time-out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+import aiohttp
+import orjson
+
+log = logging.getLogger("omnibus.runtime")
+
+SUBSCRIBE_PATH = "/dapr/subscribe"
+
+
+class AppUnavailable(Exception):
+    """The app could not be reached (connection refused, reset, time-out)."""
+
+
+class AppChannel:
+    """HTTP calls into the app at ``http://address:port``."""
+
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        *,
+        max_concurrency: int = -1,
+        app_api_token: str | None = None,
+    ) -> None:
+        self.address = address
+        self.port = port
+        self.base_url = f"http://{address}:{port}"
+        self._limit = max_concurrency if max_concurrency > 0 else 0
+        self._headers = {"dapr-api-token": app_api_token} if app_api_token else {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AppChannel:
+        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            headers=self._headers,
+            skip_auto_headers=("User-Agent",),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the pooled connections."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The open session (the channel must have been entered)."""
+        if self._session is None:
+            raise RuntimeError("the app channel is not open")
+        return self._session
+
+    async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        """POST ``body`` to ``path``; returns the status and body, or raises AppUnavailable."""
+        if not path.startswith("/"):  # Dapr's quickstarts declare routes like "orders"
+            path = "/" + path
+        try:
+            async with self.session.post(self.base_url + path, data=body, headers=headers) as resp:
+                return resp.status, await resp.read()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AppUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """GET ``path`` (start-up calls: bounded by ``timeout``); the status and body."""
+        try:
+            async with self.session.get(
+                self.base_url + path, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
+                return resp.status, await resp.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise AppUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def wait_until_listening(self, health_path: str | None = None) -> None:
+        """Wait (forever, with a capped backoff) until the app port accepts TCP connections.
+
+        With ``health_path``, wait until a GET on it answers 2xx as well.
+        """
+        delay = 0.02
+        while True:
+            if await self._accepts() and (health_path is None or await self._healthy(health_path)):
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _accepts(self) -> bool:
+        try:
+            _, writer = await asyncio.open_connection(self.address, self.port)
+        except OSError:
+            return False
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+        return True
+
+    async def _healthy(self, path: str) -> bool:
+        try:
+            status, _ = await self.get(path)
+        except AppUnavailable:
+            return False
+        return 200 <= status < 300
+
+    async def programmatic_subscriptions(
+        self, attempts: int = 10, timeout: float = 5.0
+    ) -> object | None:
+        """The JSON of ``GET /dapr/subscribe``; None when the app has none (404 or an error).
+
+        Retried with a backoff while the app is still starting (connection errors, 5xx), as
+        Dapr does; read once per start.
+        """
+        delay = 0.05
+        for attempt in range(1, attempts + 1):
+            try:
+                status, body = await self.get(SUBSCRIBE_PATH, timeout)
+            except AppUnavailable as exc:
+                problem = str(exc)
+            else:
+                if status == 404:
+                    return None
+                if status == 200:
+                    try:
+                        return orjson.loads(body) if body.strip() else None
+                    except orjson.JSONDecodeError:
+                        log.error(
+                            "GET %s answered with invalid JSON; no programmatic subscriptions",
+                            SUBSCRIBE_PATH,
+                        )
+                        return None
+                problem = f"status {status}"
+                if status < 500:
+                    break
+            if attempt < attempts:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        log.error("GET %s failed (%s); no programmatic subscriptions", SUBSCRIBE_PATH, problem)
+        return None

@@ -1,0 +1,184 @@
+"""From a publish request to bus messages, and the coalescing of concurrent publishes.
+
+:func:`make_message` turns one publish (body, content type, ``metadata.*``) into a bus
+:class:`~bus.message.Message` whose id is the CloudEvent id; :func:`parse_bulk` does the same for
+each entry of a bulk publish.  :class:`Publisher` hands concurrent publishes to one topic to the
+broker as one ``publish`` call: while a call is in flight, new requests queue up and go together
+in the next one, so a burst of HTTP requests costs a few broker round trips, not one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from bus.broker import BaseBroker
+from bus.errors import InvalidArgument
+from bus.message import Message, new_id
+from runtime.cloudevents import (
+    EventAttributes,
+    from_cloudevent,
+    is_cloudevent_type,
+    is_json_type,
+    new_envelope,
+)
+from runtime.errors import RequestMetadataError
+
+_TRUE = frozenset({"1", "t", "true"})
+_FALSE = frozenset({"", "0", "f", "false"})
+
+
+def parse_bool(value: str | None, what: str) -> bool:
+    """Go's ``strconv.ParseBool``, which Dapr uses for boolean metadata."""
+    text = (value or "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise RequestMetadataError(f"{what}: {value!r} is not a boolean")
+
+
+@dataclass(frozen=True, slots=True)
+class PublishContext:
+    """Where a publish goes and what the request said besides its body."""
+
+    pubsubname: str
+    topic: str
+    source: str  # the publishing app id
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+
+def make_message(
+    body: bytes, content_type: str | None, metadata: Mapping[str, str], ctx: PublishContext
+) -> Message:
+    """One publish as a bus message: a CloudEvent envelope, or the raw body for rawPayload."""
+    attrs = EventAttributes.from_metadata(metadata, ctx.traceparent, ctx.tracestate)
+    if parse_bool(metadata.get("rawPayload"), "rawPayload"):
+        headers = dict(metadata)
+        if attrs.traceparent:
+            headers.setdefault("traceparent", attrs.traceparent)
+        if attrs.tracestate:
+            headers.setdefault("tracestate", attrs.tracestate)
+        return Message(data=body, metadata=headers, id=attrs.id or new_id())
+    if is_cloudevent_type(content_type):
+        event_id, envelope = from_cloudevent(
+            body, topic=ctx.topic, pubsubname=ctx.pubsubname, source=ctx.source, attrs=attrs
+        )
+    else:
+        event_id, envelope = new_envelope(
+            body,
+            content_type,
+            topic=ctx.topic,
+            pubsubname=ctx.pubsubname,
+            source=ctx.source,
+            attrs=attrs,
+        )
+    return Message(data=envelope, metadata=dict(metadata), id=event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class BulkEntry:
+    """One entry of a bulk publish, parsed and checked."""
+
+    entry_id: str
+    data: bytes
+    content_type: str
+    metadata: Mapping[str, str]
+
+
+def _entry(item: object, index: int) -> BulkEntry:
+    if not isinstance(item, dict):
+        raise InvalidArgument(f"entry {index} is not a JSON object")
+    entry_id = item.get("entryId")
+    if not isinstance(entry_id, str) or not entry_id:
+        raise InvalidArgument(f"entry {index}: entryId is missing or not a non-empty string")
+    event = item.get("event")
+    content_type = item.get("contentType") or (
+        "text/plain" if isinstance(event, str) else "application/json"
+    )
+    if not isinstance(content_type, str):
+        raise InvalidArgument(f"entry {entry_id!r}: contentType must be a string")
+    metadata = item.get("metadata") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InvalidArgument(f"entry {entry_id!r}: metadata must map strings to strings")
+    if is_json_type(content_type) or is_cloudevent_type(content_type):
+        data = orjson.dumps(event)
+    elif isinstance(event, str):
+        data = event.encode("utf-8")
+    else:
+        raise InvalidArgument(f"entry {entry_id!r}: a {content_type} event must be a string")
+    return BulkEntry(entry_id, data, content_type, metadata)
+
+
+def parse_bulk(payload: object) -> list[BulkEntry]:
+    """The entries of a bulk publish body; unique, non-empty entry ids."""
+    if not isinstance(payload, list):
+        raise InvalidArgument("the body of a bulk publish must be a JSON array of entries")
+    entries = [_entry(item, i) for i, item in enumerate(payload)]
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.entry_id in seen:
+            raise InvalidArgument(f"entryId {entry.entry_id!r} is used more than once")
+        seen.add(entry.entry_id)
+    return entries
+
+
+class Publisher:
+    """Publishes to one broker, coalescing concurrent publishes to the same topic."""
+
+    def __init__(self, broker: BaseBroker, max_batch: int = 500) -> None:
+        self._broker = broker
+        self._max_batch = max_batch
+        self._queues: dict[str, collections.deque[tuple[Sequence[Message], asyncio.Future[None]]]]
+        self._queues = {}
+        self._flushers: dict[str, asyncio.Task[None]] = {}
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        """Returns once the broker holds ``messages`` durably; raises the broker's error."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(topic, collections.deque()).append((messages, future))
+        if topic not in self._flushers:
+            self._flushers[topic] = asyncio.create_task(self._flush(topic), name=f"pub:{topic}")
+        await future
+
+    async def _flush(self, topic: str) -> None:
+        queue = self._queues[topic]
+        try:
+            while queue:
+                batch: list[Message] = []
+                waiters: list[asyncio.Future[None]] = []
+                while queue and (not batch or len(batch) + len(queue[0][0]) <= self._max_batch):
+                    messages, future = queue.popleft()
+                    if not future.done():  # a caller that went away publishes nothing
+                        batch.extend(messages)
+                        waiters.append(future)
+                await self._send(topic, batch, waiters)
+        finally:
+            del self._flushers[topic]
+            if not queue:
+                del self._queues[topic]
+
+    async def _send(
+        self, topic: str, batch: list[Message], waiters: list[asyncio.Future[None]]
+    ) -> None:
+        try:
+            if batch:
+                await self._broker.publish(topic, batch)
+        except Exception as exc:
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait for publishes in flight (at shutdown, after HTTP intake stopped)."""
+        while self._flushers:
+            await asyncio.gather(*self._flushers.values(), return_exceptions=True)

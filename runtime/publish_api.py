@@ -1,0 +1,104 @@
+"""``POST|PUT /v1.0/publish/{pubsub}/{topic...}`` as a pure ASGI endpoint: the hot path.
+
+Every publish passes here, so it skips what the Starlette router and its middleware stack cost per
+request (a third of the sidecar's CPU per publish in a profile): one scan of the headers, the
+query parsed only when there is one, the body read straight from ``receive``.  Everything else
+(bulk publish, health, metadata) goes on to the Starlette app.  Errors take the same path as in
+every other route: :func:`runtime.errors.api_error`.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from bus.message import validate_topic
+from runtime.errors import ERR_PUBSUB_PUBLISH_MESSAGE, ERR_TOPIC_NAME_EMPTY, ApiError, api_error
+from runtime.middleware import ASGIApp, Receive, Scope, Send
+from runtime.publish import PublishContext, make_message
+from runtime.pubsubs import PubSubs
+
+PREFIX = "/v1.0/publish/"
+_BULK_PREFIX = "/v1.0/publish/bulk/"
+_METHODS = frozenset({"POST", "PUT"})
+_WANTED = {b"content-type": 0, b"traceparent": 1, b"tracestate": 2}
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def split_target(rest: str, pubsubs: PubSubs) -> tuple[str, str]:
+    """``{pubsub}/{topic...}`` checked as Dapr does: pubsub known, topic non-empty and valid,
+    and allowed by the component's publishing scopes."""
+    pubsub, _, topic = rest.partition("/")
+    pubsubs.get(pubsub)  # 404 for an empty or unknown pubsub name
+    if not topic:
+        raise ApiError(404, ERR_TOPIC_NAME_EMPTY, "topic is empty")
+    validate_topic(topic)
+    pubsubs.check_publish(pubsub, topic)
+    return pubsub, topic
+
+
+def query_metadata(query_string: bytes) -> dict[str, str]:
+    """The ``metadata.<key>=<value>`` query parameters as ``{key: value}``."""
+    if not query_string:
+        return {}
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    return {key[9:]: value for key, value in pairs if key.startswith("metadata.")}
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body (the body limit is enforced by the ``receive`` it is given)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+class PublishEndpoint:
+    """Serves single publishes itself and hands every other request to ``app``."""
+
+    def __init__(self, app: ASGIApp, *, pubsubs: PubSubs, app_id: str) -> None:
+        self._app = app
+        self._pubsubs = pubsubs
+        self._app_id = app_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if (
+            path.startswith(PREFIX)
+            and not path.startswith(_BULK_PREFIX)
+            and scope["type"] == "http"
+            and scope["method"] in _METHODS
+        ):
+            await self._publish(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
+
+    async def _publish(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._publish_one(scope, receive)
+        except Exception as exc:
+            error = api_error(exc, failure=ERR_PUBSUB_PUBLISH_MESSAGE)
+            body = error.body()
+            headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": error.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _publish_one(self, scope: Scope, receive: Receive) -> None:
+        pubsub, topic = split_target(scope["path"][len(PREFIX) :], self._pubsubs)
+        found: list[str | None] = [None, None, None]
+        for key, value in scope["headers"]:
+            index = _WANTED.get(key)
+            if index is not None:
+                found[index] = value.decode("latin-1")
+        content_type, traceparent, tracestate = found
+        context = PublishContext(pubsub, topic, self._app_id, traceparent, tracestate)
+        body = await read_body(receive)
+        message = make_message(body, content_type, query_metadata(scope["query_string"]), context)
+        await self._pubsubs.publisher(pubsub).publish(topic, (message,))

@@ -1,0 +1,118 @@
+"""Publish coalescing, CloudEvent helpers and CEL routing of the sidecar."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from bus.errors import BrokerClosed, ConfigError
+from bus.memory import MemoryBroker
+from bus.message import Message
+from components.specs import RouteRule, Routes
+from runtime.cloudevents import EventAttributes, has_expired, new_envelope, raw_envelope
+from runtime.publish import Publisher
+from runtime.routing import Router, RoutingError
+
+
+class CountingBroker(MemoryBroker):
+    """A memory broker that records the size of every publish call and can be slowed down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def _publish(self, topic: str, batch: Sequence[Message]) -> None:
+        self.calls.append(len(batch))
+        await self.gate.wait()
+        await super()._publish(topic, batch)
+
+
+async def test_concurrent_publishes_to_a_topic_share_broker_calls() -> None:
+    broker = CountingBroker()
+    await broker.connect()
+    publisher = Publisher(broker)
+    broker.gate.clear()  # the first call stays in flight while the others queue up
+    first = asyncio.create_task(publisher.publish("t", [Message(b"0")]))
+    await asyncio.sleep(0.01)
+    rest = [
+        asyncio.create_task(publisher.publish("t", [Message(str(i).encode())]))
+        for i in range(1, 50)
+    ]
+    await asyncio.sleep(0.01)
+    broker.gate.set()
+    await asyncio.gather(first, *rest)
+    assert broker.calls == [1, 49]
+    held = await broker.browse("t")
+    assert [m.data for m in held] == [str(i).encode() for i in range(50)]
+    await broker.close()
+
+
+async def test_a_failed_batch_fails_each_of_its_callers() -> None:
+    broker = CountingBroker()
+    await broker.connect()
+    publisher = Publisher(broker)
+    await broker.close()
+    results = await asyncio.gather(
+        *(publisher.publish("t", [Message(b"x")]) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, BrokerClosed) for r in results)
+    await publisher.drain()
+
+
+def test_envelope_expiration_and_has_expired() -> None:
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    _, data = new_envelope(
+        b"x",
+        "text/plain",
+        topic="t",
+        pubsubname="p",
+        source="a",
+        attrs=EventAttributes(ttl_seconds=10),
+        now=now,
+    )
+    event = orjson.loads(data)
+    assert event["expiration"] == "2026-01-01T12:00:10Z"
+    assert not has_expired(event, now + timedelta(seconds=9))
+    assert has_expired(event, now + timedelta(seconds=11))
+    assert not has_expired({"expiration": "garbage"}, now)
+
+
+def test_raw_envelope_carries_bytes_as_base64_and_the_stable_id() -> None:
+    event = raw_envelope(b"\x00\x01", event_id="m1", topic="t", pubsubname="p", metadata={})
+    assert event["id"] == "m1"
+    assert event["data_base64"] == "AAE="
+    assert event["datacontenttype"] == "application/octet-stream"
+
+
+def test_router_first_match_wins_else_default() -> None:
+    router = Router(
+        Routes(
+            rules=(
+                RouteRule('event.type == "widget"', "/widgets"),
+                RouteRule("event.data.amount > 10", "/big"),
+                RouteRule("event.data.amount > 5", "/medium"),
+            ),
+            default="/other",
+        )
+    )
+    assert router.route({"type": "widget", "data": {"amount": 100}}) == "/widgets"
+    assert router.route({"type": "order", "data": {"amount": 100}}) == "/big"
+    assert router.route({"type": "order", "data": {"amount": 6}}) == "/medium"
+    assert router.route({"type": "order", "data": {"amount": 1}}) == "/other"
+    assert Router(Routes(rules=(RouteRule("event.x == 1", "/x"),))).route({"x": 2}) is None
+
+
+def test_router_rejects_bad_expressions_and_non_booleans() -> None:
+    with pytest.raises(ConfigError, match="not a valid CEL expression"):
+        Router(Routes(rules=(RouteRule("event.type ==", "/x"),)))
+    router = Router(Routes(rules=(RouteRule("event.data", "/x"),)))
+    with pytest.raises(RoutingError):
+        router.route({"data": 3})
+    with pytest.raises(RoutingError):
+        Router(Routes(rules=(RouteRule("event.missing.field == 1", "/x"),))).route({})
