@@ -1,0 +1,145 @@
+"""The goals the table reports against, and the rows derived from measurements.
+
+Each :class:`FigureSpec` says which measurement is held to which goal, against which baseline
+measured in the same run.  A ratio goal compares two figures from one run on one machine; an
+absolute goal (messages per second, milliseconds, megabytes) compares with a fixed number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from benchmarks.config import BACKENDS, EXTRA_BACKENDS, SCENARIOS
+from benchmarks.report import BASELINES, Measurement
+
+GoalKind = Literal["ratio_min", "min", "max"]
+Key = tuple[str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    """``ratio_min``: value >= threshold x baseline; ``min``/``max``: value against threshold."""
+
+    kind: GoalKind
+    threshold: float
+
+    def describe(self, unit: str) -> str:
+        """Human text such as ``>= 0.6x baseline`` or ``<= 2 ms``."""
+        if self.kind == "ratio_min":
+            return f">= {self.threshold:g}x baseline"
+        sign = ">=" if self.kind == "min" else "<="
+        return f"{sign} {format_value(self.threshold, unit)}"
+
+    def met(self, value: float, ratio: float | None) -> bool | None:
+        """True/False when it can be judged, None when the baseline is missing."""
+        if self.kind == "ratio_min":
+            return None if ratio is None else ratio >= self.threshold
+        if self.kind == "min":
+            return value >= self.threshold
+        return value <= self.threshold
+
+
+@dataclass(frozen=True, slots=True)
+class FigureSpec:
+    """Hold ``(scenario, subject, variant)`` to ``goal`` against ``baseline`` (``*``: ours)."""
+
+    scenario: str
+    subject: str
+    variant: str
+    baseline: Key | None = None
+    goal: Goal | None = None
+
+    def matches(self, measurement: Measurement) -> bool:
+        """True if this spec applies to ``measurement``."""
+        subject_ok = self.subject == measurement.subject or (
+            self.subject == "*" and measurement.subject not in BASELINES
+        )
+        return (
+            subject_ok
+            and self.scenario == measurement.scenario
+            and self.variant == measurement.variant
+        )
+
+
+_IN_PROCESS = "publish+consume (in-process)"
+_INGEST_SINGLE = ("ingest", "starlette", "single")
+_INGEST_BULK = ("ingest", "starlette", "bulk")
+
+SPECS: tuple[FigureSpec, ...] = (
+    FigureSpec("ingest", "*", "single", _INGEST_SINGLE, Goal("ratio_min", 0.6)),
+    FigureSpec("ingest", "*", "bulk", _INGEST_BULK, Goal("ratio_min", 0.6)),
+    FigureSpec("e2e", "*", "single", None, Goal("min", 5000)),
+    FigureSpec("e2e", "redis", "bulk", ("e2e", "redis-py", "pipelined"), Goal("ratio_min", 0.5)),
+    FigureSpec("e2e", "rabbitmq", "bulk", ("e2e", "aio-pika", "confirms"), Goal("ratio_min", 0.8)),
+    FigureSpec("latency", "*", "p50", None, Goal("max", 2.0)),
+    FigureSpec("latency", "*", "p99", None, Goal("max", 5.0)),
+    FigureSpec("bus", "redis", "consume+ack", ("bus", "faststream-redis", "consume+ack"),
+               Goal("ratio_min", 2.0)),
+    FigureSpec("bus", "redis", "consume+ack", ("bus", "redis-py", "consume+ack")),
+    FigureSpec("bus", "rabbitmq", "consume+ack", ("bus", "aio-pika", "consume+ack"),
+               Goal("ratio_min", 0.8)),
+    FigureSpec("bus", "rabbitmq", "consume+ack", ("bus", "faststream-rabbit", "consume+ack")),
+    FigureSpec("bus", "redis", _IN_PROCESS, ("bus", "redis-py", _IN_PROCESS)),
+    FigureSpec("bus", "rabbitmq", _IN_PROCESS, ("bus", "aio-pika", _IN_PROCESS)),
+    FigureSpec("cost", "*", "rss idle (publisher)", None, Goal("max", 60.0)),
+    FigureSpec("cost", "*", "rss idle (subscriber)", None, Goal("max", 60.0)),
+    FigureSpec("cost", "*", "cpu per 1k msg/s (publisher)", None, Goal("max", 0.25)),
+    FigureSpec("cost", "*", "cpu per 1k msg/s (subscriber)", None, Goal("max", 0.25)),
+)  # fmt: skip
+
+
+def figure_rows(
+    measurements: Iterable[Measurement], specs: Iterable[FigureSpec] = SPECS
+) -> list[dict[str, Any]]:
+    """One row per (measurement, matching spec); measurements without a spec get a bare row."""
+    taken = list(measurements)
+    by_key = {m.key: m for m in taken}
+    spec_list = list(specs)
+    rows: list[dict[str, Any]] = []
+    for measurement in sorted(taken, key=_order):
+        matching = [s for s in spec_list if s.matches(measurement)]
+        for spec in matching or [FigureSpec(*measurement.key)]:
+            baseline = by_key.get(spec.baseline) if spec.baseline else None
+            rows.append(_row(measurement, spec, baseline))
+    return rows
+
+
+def _row(
+    measurement: Measurement, spec: FigureSpec, baseline: Measurement | None
+) -> dict[str, Any]:
+    ratio = None
+    if baseline is not None and baseline.value > 0:
+        ratio = measurement.value / baseline.value
+    goal = spec.goal
+    return {
+        "scenario": measurement.scenario,
+        "subject": measurement.subject,
+        "variant": measurement.variant,
+        "value": measurement.value,
+        "unit": measurement.unit,
+        "baseline": None if spec.baseline is None else "/".join(spec.baseline[1:]),
+        "baseline_value": None if baseline is None else baseline.value,
+        "ratio": ratio,
+        "goal": None if goal is None else goal.describe(measurement.unit),
+        "met": None if goal is None else goal.met(measurement.value, ratio),
+    }
+
+
+def _order(measurement: Measurement) -> tuple[int, int, str]:
+    subjects = BACKENDS + EXTRA_BACKENDS + BASELINES
+    scenario = SCENARIOS.index(measurement.scenario) if measurement.scenario in SCENARIOS else 99
+    subject = subjects.index(measurement.subject) if measurement.subject in subjects else 99
+    return (scenario, subject, measurement.variant)
+
+
+def format_value(value: float, unit: str) -> str:
+    """``12,345 msg/s``, ``1.23 ms``, ``41.2 MB``: precision suited to the unit."""
+    if unit == "msg/s":
+        return f"{value:,.0f} {unit}"
+    if unit == "ms":
+        return f"{value:.2f} {unit}"
+    if unit == "MB":
+        return f"{value:.1f} {unit}"
+    return f"{value:.3g} {unit}"

@@ -1,0 +1,212 @@
+"""BENCHMARKS.md, written from a run's JSON document: figures, machine, method, command."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.config import SCENARIO_TITLES
+from benchmarks.goals import format_value
+
+_MET = {True: "yes", False: "**no**", None: "-"}
+BEFORE_AFTER = Path(__file__).resolve().parent / "before_after.md"
+
+RUNNING = """\
+## Running it
+
+`omnibus bench` (or `python -m benchmarks`) runs every scenario on sqlite, redis and rabbitmq;
+`--quick` keeps the whole run under two minutes. `--backends redis,rabbitmq`, `--scenarios
+ingest,e2e,latency,bus,cost`, `--size`, `--duration`, `--rate`, `--messages` narrow it down;
+`--profile` adds py-spy summaries of the sidecars; `--render benchmarks/results/latest.json`
+redraws the table, plots and this file from a saved run. A private `redis-server` is started on a
+free port; on RabbitMQ (127.0.0.1:5672) every queue and exchange carries the run's id and is
+deleted at the end. Results: `benchmarks/results/<timestamp>.json` and `latest.json`, plots beside.
+"""
+
+METHOD = """\
+## How it is measured
+
+All processes of a run share this machine's cores: the brokers, both sidecars, the subscriber app,
+the load generator processes and the orchestrating process. Nothing is pinned to a core, so every
+figure includes the cost of sharing them; ratios compare figures taken in the same run.
+
+1. **Publish ingest over HTTP.** Generator processes (asyncio + aiohttp, keep-alive connections)
+   send `POST /v1.0/publish/pubsub/{topic}` with a JSON payload from all connections at once, for a
+   fixed duration; a response other than 2xx counts as an error. Bulk: `POST
+   /v1.0-alpha1/publish/bulk/pubsub/{topic}` with 100 entries per request. The topic has a consumer
+   group (so the broker stores every message) but no running subscriber. Ceiling: the same
+   generator against a bare Starlette endpoint on uvicorn (uvloop + httptools) that reads the body
+   and answers 204.
+2. **End-to-end.** Generator -> publisher sidecar -> bus -> subscriber sidecar -> subscriber app
+   (raw asyncio + httptools, answers `{"status":"SUCCESS"}` and counts distinct message ids). A
+   fixed number of messages; throughput = messages delivered / (last delivery - first publish).
+   Bulk: bulk publish of 100 plus `bulkSubscribe` (`maxMessagesCount` 100). Ceilings: raw redis-py
+   (one process pipelining XADD in batches of 100, another reading XREADGROUP COUNT 100 and
+   XACKing each batch) and raw aio-pika (persistent messages with publisher confirms, 200 in
+   flight; a durable queue consumed with manual acks, prefetch 200, multiple-acks).
+3. **Latency.** The generator publishes single messages at a fixed rate (open loop, spread over
+   its processes and connections); each payload carries `time.monotonic_ns()` taken just before the
+   HTTP request, and the app subtracts it from its own clock on receipt (one machine, one monotonic
+   clock). Percentiles over every message of the phase.
+4. **Bus only.** In one process, no HTTP: a topic is filled with the same payloads (published in
+   batches of 100), then our broker consumes it through the delivery engine (100 handlers, fetches
+   of 100, handler returns SUCCESS) until every message is acked. Baselines, each on its own
+   prefilled stream or queue: raw redis-py (XREADGROUP COUNT 100 + one XACK per batch), raw
+   aio-pika (manual acks, prefetch 200, multiple-acks), and FastStream (stream consumer group with
+   acks, in its per-message mode on a fifth of the messages and in its batch mode of 100; the
+   faster of the two is the baseline; a RabbitMQ queue with its default acks).
+5. **Sidecar cost.** `/proc/<pid>/status` (VmRSS, VmHWM) and `/proc/<pid>/stat` (utime + stime) of
+   both sidecar processes: RSS one second after both report healthy (nothing published yet), RSS
+   and peak RSS after the fixed-rate phase, and CPU seconds spent from the start of the fixed-rate
+   phase until its last message was delivered, per 1,000 messages (= cores per 1,000 msg/s).
+
+`--profile` runs py-spy on both sidecars during the end-to-end phases (collapsed stacks in the
+results directory, summary below the figures).
+"""
+
+
+def write_markdown(document: dict[str, Any], path: Path) -> Path:
+    """Write BENCHMARKS.md for ``document`` (a run's JSON) at ``path``."""
+    parts = [
+        "# omnibus benchmarks\n",
+        f"Measured {document['started']} with:\n\n```\n{document['command']}\n```\n",
+        _note(document["config"].get("note", "")),
+        _machine(document["machine"]),
+        _goals(document["figures"]),
+        _figures(document["figures"]),
+        _checks(document.get("checks", {})),
+        _profiles(document.get("checks", {}).get("profiles", {})),
+        _skipped(document.get("skipped", [])),
+        _plots(document.get("plots", []), path.parent),
+        _before_after(),
+        RUNNING,
+        METHOD,
+    ]
+    path.write_text("\n".join(part for part in parts if part))
+    return path
+
+
+def _machine(machine: dict[str, Any]) -> str:
+    packages = ", ".join(f"{k} {v}" for k, v in machine.get("packages", {}).items() if v)
+    brokers = ", ".join(f"{k} {v}" for k, v in machine.get("brokers", {}).items())
+    return (
+        "## Machine\n\n"
+        f"- {machine.get('cores')} cores ({machine.get('cpu_model')}), "
+        f"{machine.get('memory_gb')} GB memory, {machine.get('os')}\n"
+        f"- {machine.get('python')}; {packages}\n"
+        f"- brokers: {brokers or 'none reachable'}\n"
+        f"- load average at start: {machine.get('load_average_at_start')}\n"
+    )
+
+
+def _before_after() -> str:
+    """The hand-kept record of profile-driven changes (it outlives every regeneration)."""
+    try:
+        return BEFORE_AFTER.read_text()
+    except OSError:
+        return ""
+
+
+def _note(note: str) -> str:
+    return f"> {note}\n" if note else ""
+
+
+def _goals(rows: Sequence[dict[str, Any]]) -> str:
+    judged = [row for row in rows if row["goal"]]
+    if not judged:
+        return ""
+    met = sum(1 for row in judged if row["met"])
+    lines = [f"## Goals: {met} of {len(judged)} met\n"]
+    for row in judged:
+        title = SCENARIO_TITLES.get(row["scenario"], row["scenario"])
+        value = format_value(row["value"], row["unit"])
+        versus = ""
+        if row["ratio"] is not None:
+            versus = f" = {row['ratio']:.2f}x {row['baseline']}"
+        elif row["baseline"]:
+            versus = f" (baseline {row['baseline']} missing)"
+        verdict = {True: "met", False: "**missed**", None: "not judged"}[row["met"]]
+        lines.append(
+            f"- {title}, {row['subject']} {row['variant']}: {value}{versus}; "
+            f"goal {row['goal']}: {verdict}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _figures(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "## Figures\n",
+        "| scenario | subject | figure | value | baseline | ratio | goal | met |",
+        "|---|---|---|---:|---|---:|---|:-:|",
+    ]
+    for row in rows:
+        baseline = "-"
+        if row["baseline"]:
+            value = row["baseline_value"]
+            shown = "missing" if value is None else format_value(value, row["unit"])
+            baseline = f"{row['baseline']}: {shown}"
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        lines.append(
+            f"| {SCENARIO_TITLES.get(row['scenario'], row['scenario'])} | {row['subject']} "
+            f"| {row['variant']} | {format_value(row['value'], row['unit'])} | {baseline} "
+            f"| {ratio} | {row['goal'] or '-'} | {_MET[row['met']]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _checks(checks: dict[str, Any]) -> str:
+    parts = []
+    generator = checks.get("generator")
+    if generator:
+        parts.append(f"## Is the generator the bottleneck?\n\n{generator['summary']}\n")
+    errors = checks.get("errors") or []
+    if errors:
+        lines = ["## Failed requests\n", "Figures count accepted messages only.\n"]
+        lines += [f"- {error['summary']}" for error in errors]
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def _profiles(profiles: dict[str, dict[str, dict[str, Any]]]) -> str:
+    if not profiles:
+        return ""
+    lines = [
+        "## Where the sidecars spend their time (py-spy, end-to-end phases)\n",
+        "Share of samples per frame: *self* = on top of the stack, *omnibus* = anywhere in it.\n",
+    ]
+    for backend, roles in profiles.items():
+        for role, summary in roles.items():
+            lines.append(f"### {backend}, {role} sidecar ({summary.get('samples', 0)} samples)\n")
+            if "error" in summary:
+                lines.append(f"py-spy failed: {summary['error']}\n")
+                continue
+            lines.append("| self | % | omnibus (inclusive) | % |\n|---|---:|---|---:|")
+            own, ours = summary["self"], summary["inclusive"]
+            for index in range(max(len(own), len(ours))):
+                left = own[index] if index < len(own) else ["", ""]
+                right = ours[index] if index < len(ours) else ["", ""]
+                lines.append(f"| `{left[0]}` | {left[1]} | `{right[0]}` | {right[1]} |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _skipped(skipped: Sequence[dict[str, Any]]) -> str:
+    if not skipped:
+        return ""
+    lines = ["## Skipped\n"]
+    for skip in skipped:
+        title = SCENARIO_TITLES.get(skip["scenario"], skip["scenario"])
+        lines.append(f"- {title}, {skip['subject']}: {skip['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(plots: Sequence[str], base: Path) -> str:
+    if not plots:
+        return ""
+    lines = ["## Plots\n"]
+    for plot in plots:
+        relative = os.path.relpath(Path(plot).resolve(), base.resolve())
+        lines.append(f"![{Path(plot).stem}]({relative})")
+    return "\n\n".join(lines) + "\n"

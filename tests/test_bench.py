@@ -1,0 +1,151 @@
+"""The benchmark harness: a tiny quick run on SQLite writes a well-formed report (not speed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from benchmarks.cli import add_arguments, config_from_args
+from benchmarks.config import BenchConfig
+from benchmarks.goals import figure_rows
+from benchmarks.http_phases import percentiles
+from benchmarks.payload import PayloadFactory, stamp_of
+from benchmarks.profiling import summarise
+from benchmarks.report import Measurement
+from benchmarks.runner import render_saved, request_errors, run_bench
+from bus.errors import InvalidArgument
+
+
+def test_quick_options_and_bad_names() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = config_from_args(parser.parse_args(["--quick", "--backends", "sqlite,redis"]))
+    assert config.quick and config.backends == ("sqlite", "redis")
+    assert config.messages < BenchConfig().messages
+    assert config.latency_duration < BenchConfig().latency_duration
+    with pytest.raises(InvalidArgument, match="--backends"):
+        config_from_args(parser.parse_args(["--backends", "kafka"]))
+
+
+def test_payload_carries_its_stamp_at_the_requested_size() -> None:
+    factory = PayloadFactory(1024)
+    body = factory.message(7, 123456789)
+    assert 1024 - 32 <= len(body) <= 1024  # the pad leaves room for the widest stamp
+    assert stamp_of(body) == (123456789, 7)
+    bulk = json.loads(factory.bulk(10, 3, 5))
+    assert [entry["entryId"] for entry in bulk] == ["10", "11", "12"]
+    assert stamp_of({"data": bulk[2]["event"]}) == (5, 12)
+
+
+def test_profile_summary_of_collapsed_stacks() -> None:
+    collapsed = "\n".join(
+        [
+            "main (/x/runtime/sidecar.py:9);publish (/x/runtime/app.py:3);dumps (json.py:1) 3",
+            "main (/x/runtime/sidecar.py:9);fetch (/x/bus/redis.py:7) 1",
+        ]
+    )
+    summary = summarise(collapsed)
+    assert summary["samples"] == 4
+    assert summary["self"][0] == ["dumps (json.py)", 75.0]
+    assert summary["inclusive"] == [
+        ["publish (runtime/app.py)", 75.0],
+        ["fetch (bus/redis.py)", 25.0],
+    ]
+
+
+def test_failed_requests_are_reported() -> None:
+    failed = Measurement(
+        "ingest", "redis", "single", 9.0, "msg/s", {"errors": 3, "first_error": "HTTP 500"}
+    )
+    clean = Measurement("ingest", "redis", "bulk", 9.0, "msg/s", {"errors": 0})
+    errors = request_errors([failed, clean])
+    assert [e["key"] for e in errors] == [["ingest", "redis", "single"]]
+    assert "3 failed requests (HTTP 500)" in errors[0]["summary"]
+
+
+def test_percentiles_and_goal_rows() -> None:
+    values = sorted(range(1, 1001))
+    assert percentiles(values) == {"p50": 500.0, "p90": 900.0, "p99": 990.0, "max": 1000.0}
+    measurements = [
+        Measurement("ingest", "starlette", "single", 10_000, "msg/s"),
+        Measurement("ingest", "sqlite", "single", 7_000, "msg/s"),
+        Measurement("latency", "sqlite", "p99", 6.0, "ms"),
+    ]
+    rows = {(r["subject"], r["variant"]): r for r in figure_rows(measurements)}
+    assert rows[("sqlite", "single")]["ratio"] == pytest.approx(0.7)
+    assert rows[("sqlite", "single")]["met"] is True
+    assert rows[("sqlite", "p99")]["met"] is False
+    assert rows[("starlette", "single")]["goal"] is None
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+async def test_quick_run_on_sqlite_writes_json_plots_and_markdown(tmp_path: Path) -> None:
+    # Given: a tiny run of every scenario on the embedded backend
+    config = BenchConfig(
+        backends=("sqlite",),
+        messages=200,
+        ingest_duration=0.5,
+        latency_duration=1.0,
+        rate=200,
+        connections=4,
+        generators=1,
+        output=tmp_path / "results",
+        markdown=tmp_path / "BENCHMARKS.md",
+        quick=True,
+        command="omnibus bench --quick --backends sqlite",
+    )
+    # When
+    with (tmp_path / "console.txt").open("w") as out:
+        document = await run_bench(config, Console(file=out, width=140))
+    # Then: every scenario produced figures, or says why not
+    assert document["skipped"] == []
+    assert {"schema", "started", "command", "config", "machine", "measurements", "figures"} <= set(
+        document
+    )
+    keys = {(m["scenario"], m["subject"], m["variant"]) for m in document["measurements"]}
+    for key in [
+        ("ingest", "starlette", "single"),
+        ("ingest", "sqlite", "single"),
+        ("ingest", "sqlite", "bulk"),
+        ("e2e", "sqlite", "single"),
+        ("e2e", "sqlite", "bulk"),
+        ("latency", "sqlite", "p50"),
+        ("latency", "sqlite", "p99"),
+        ("bus", "sqlite", "consume+ack"),
+        ("cost", "sqlite", "rss idle (publisher)"),
+        ("cost", "sqlite", "cpu per 1k msg/s (subscriber)"),
+    ]:
+        assert key in keys, key
+    for measurement in document["measurements"]:
+        assert isinstance(measurement["value"], float) and measurement["value"] > 0
+    ingest = next(
+        r
+        for r in document["figures"]
+        if r["variant"] == "single" and r["subject"] == "sqlite" and r["scenario"] == "ingest"
+    )  # noqa: E501
+    assert ingest["baseline"] == "starlette/single" and isinstance(ingest["ratio"], float)
+    assert isinstance(ingest["met"], bool)
+    assert document["machine"]["cores"] and document["machine"]["brokers"]["sqlite"]
+    assert document["checks"]["generator"]["ok"] in (True, False)
+    assert document["checks"]["errors"] == []
+    # And: the files
+    latest = json.loads((tmp_path / "results" / "latest.json").read_text())
+    assert latest["measurements"] == document["measurements"]
+    assert len(list((tmp_path / "results").glob("bench-*.json"))) == 1
+    for plot in document["plots"]:
+        assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {Path(p).name for p in document["plots"]} == {"throughput.png", "latency.png"}
+    markdown = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "omnibus bench --quick --backends sqlite" in markdown
+    assert "## Machine" in markdown and "| publish ingest over HTTP | sqlite |" in markdown
+    # And: a saved run renders again without measuring anything
+    again = replace(config, markdown=tmp_path / "again.md")
+    with (tmp_path / "console.txt").open("a") as out:
+        render_saved(tmp_path / "results" / "latest.json", again, Console(file=out, width=140))
+    assert (tmp_path / "again.md").read_text() == markdown
