@@ -63,7 +63,10 @@ class _RedisSource:
 
     async def fetch(self, limit: int) -> Sequence[_RedisDelivery]:
         """Due retries and reclaimed entries first, then new entries (blocking briefly)."""
-        return await self._reading(self._fetch_bounded, limit)
+        try:  # the common case without tenacity's bookkeeping: it runs once per read
+            return await self._fetch_bounded(limit)
+        except _NETWORK:  # the connection is down: back off and retry until it is back
+            return await self._reading(self._fetch_bounded, limit)
 
     async def _fetch_bounded(self, limit: int) -> list[_RedisDelivery]:
         async with asyncio.timeout(self._block + self._io_timeout):
