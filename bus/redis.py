@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 from redis import exceptions as rexc
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -59,6 +59,8 @@ from bus.redis_wire import (
     META_CORRELATION,
     META_ID,
     META_REPLY_TO,
+    PackedConnection,
+    PackedSSLConnection,
     _call,
     _decode_reply,
     _encode_reply,
@@ -116,22 +118,26 @@ class RedisBroker(BaseBroker):
 
     async def _connect(self) -> None:
         s = self.settings
-        client = Redis(
-            host=s.host,
-            port=s.port,
-            db=s.db,
-            username=s.username,
-            password=s.password,
-            ssl=s.tls,
-            socket_connect_timeout=s.dial_timeout,
+        connection: dict[str, Any] = {
+            "host": s.host,
+            "port": s.port,
+            "db": s.db,
+            "username": s.username,
+            "password": s.password,
+            "socket_connect_timeout": s.dial_timeout,
             # No socket time-out: redis-py 8.1's read time-out swallows task cancellation
             # (a cancelled command returns normally), which would hang shutdown.  The reads
             # and writes that matter are bounded with asyncio.timeout here instead.
-            socket_timeout=None,
-            max_connections=1000,
+            "socket_timeout": None,
             # A few quick retries hide a blip; a server that stays down reaches the caller.
-            retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), 2),
+            "retry": Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), 2),
+        }
+        pool = ConnectionPool(
+            connection_class=PackedSSLConnection if s.tls else PackedConnection,
+            max_connections=1000,
+            **connection,
         )
+        client = Redis.from_pool(pool)  # closing the client closes the pool
         try:
             await client.ping()
         except Exception as exc:
