@@ -17,7 +17,6 @@ import functools
 import json
 import random
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -69,6 +68,20 @@ def rfc3339(moment: datetime) -> str:
 def _format_second(second: int) -> str:
     # Every publish stamps "now": formatting each second once keeps strftime off the hot path.
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+
+
+_VERSION_MASK = ~(0xF000 << 64) & ~(0xC000 << 48)
+_VERSION_BITS = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID in its 36-character form, as Dapr gives each event.
+
+    From the process's seeded PRNG (reseeded in a forked child), not ``uuid.uuid4``'s read of
+    ``os.urandom``: an event id must be unique, not secret, and every publish makes one.
+    """
+    bits = f"{random.getrandbits(128) & _VERSION_MASK | _VERSION_BITS:032x}"
+    return f"{bits[:8]}-{bits[8:12]}-{bits[12:16]}-{bits[16:20]}-{bits[20:]}"
 
 
 def new_traceparent() -> str:
@@ -179,7 +192,7 @@ def new_envelope(
     content_type = content_type or DEFAULT_CONTENT_TYPE
     traceparent = attrs.traceparent or new_traceparent()
     envelope: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
+        "id": new_event_id(),
         "source": source,
         "type": EVENT_TYPE,
         "specversion": SPEC_VERSION,
@@ -219,7 +232,7 @@ def from_cloudevent(
     envelope["pubsubname"] = pubsubname
     traceparent = attrs.traceparent or new_traceparent()
     defaults = {
-        "id": str(uuid.uuid4()),
+        "id": new_event_id(),
         "source": source,
         "type": EVENT_TYPE,
         "specversion": SPEC_VERSION,

@@ -129,21 +129,34 @@ def parse_bulk(payload: object) -> list[BulkEntry]:
 
 
 class Publisher:
-    """Publishes to one broker, coalescing concurrent publishes to the same topic."""
+    """Publishes to one broker, coalescing concurrent publishes to the same topic.
 
-    def __init__(self, broker: BaseBroker, max_batch: int = 500) -> None:
+    Up to ``max_in_flight`` broker calls per topic overlap: while one batch waits for the
+    broker's answer (a pipeline round trip, a publisher confirm, a commit), the requests that
+    arrived meanwhile already go out in the next, instead of queueing behind it.  Each batch keeps
+    the order of its messages; requests that were in flight at the same time have no order
+    between them, over HTTP or anywhere else.
+    """
+
+    def __init__(self, broker: BaseBroker, max_batch: int = 500, max_in_flight: int = 4) -> None:
         self._broker = broker
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
         self._queues: dict[str, collections.deque[tuple[Sequence[Message], asyncio.Future[None]]]]
         self._queues = {}
-        self._flushers: dict[str, asyncio.Task[None]] = {}
+        self._flushers: dict[str, set[asyncio.Task[None]]] = {}
+        self._idle: dict[str, int] = {}  # flushers per topic that are not waiting on the broker
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         """Returns once the broker holds ``messages`` durably; raises the broker's error."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queues.setdefault(topic, collections.deque()).append((messages, future))
-        if topic not in self._flushers:
-            self._flushers[topic] = asyncio.create_task(self._flush(topic), name=f"pub:{topic}")
+        flushers = self._flushers.setdefault(topic, set())
+        if not self._idle.get(topic) and len(flushers) < self._max_in_flight:
+            # every flusher of the topic is waiting on the broker: one more takes this batch
+            self._idle[topic] = self._idle.get(topic, 0) + 1
+            task = asyncio.create_task(self._flush(topic), name=f"pub:{topic}")
+            flushers.add(task)
         await future
 
     async def _flush(self, topic: str) -> None:
@@ -157,11 +170,19 @@ class Publisher:
                     if not future.done():  # a caller that went away publishes nothing
                         batch.extend(messages)
                         waiters.append(future)
-                await self._send(topic, batch, waiters)
+                self._idle[topic] -= 1
+                try:
+                    await self._send(topic, batch, waiters)
+                finally:
+                    self._idle[topic] += 1
         finally:
-            del self._flushers[topic]
-            if not queue:
-                del self._queues[topic]
+            self._idle[topic] -= 1
+            flushers = self._flushers[topic]
+            flushers.discard(asyncio.current_task())
+            if not flushers:
+                del self._flushers[topic], self._idle[topic]
+                if not queue:
+                    del self._queues[topic]
 
     async def _send(
         self, topic: str, batch: list[Message], waiters: list[asyncio.Future[None]]
@@ -181,4 +202,5 @@ class Publisher:
     async def drain(self) -> None:
         """Wait for publishes in flight (at shutdown, after HTTP intake stopped)."""
         while self._flushers:
-            await asyncio.gather(*self._flushers.values(), return_exceptions=True)
+            tasks = [task for flushers in self._flushers.values() for task in flushers]
+            await asyncio.gather(*tasks, return_exceptions=True)

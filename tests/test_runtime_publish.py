@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +14,13 @@ from bus.errors import BrokerClosed, ConfigError
 from bus.memory import MemoryBroker
 from bus.message import Message
 from components.specs import RouteRule, Routes
-from runtime.cloudevents import EventAttributes, has_expired, new_envelope, raw_envelope
+from runtime.cloudevents import (
+    EventAttributes,
+    has_expired,
+    new_envelope,
+    new_event_id,
+    raw_envelope,
+)
 from runtime.publish import Publisher
 from runtime.routing import Router, RoutingError
 
@@ -53,6 +60,34 @@ async def test_concurrent_publishes_to_a_topic_share_broker_calls() -> None:
     await broker.close()
 
 
+async def test_batches_overlap_up_to_max_in_flight() -> None:
+    broker = CountingBroker()
+    await broker.connect()
+    publisher = Publisher(broker, max_in_flight=2)
+    broker.gate.clear()  # every call stays in flight until the gate opens
+
+    async def wave(start: int, count: int) -> list[asyncio.Task[None]]:
+        tasks = [
+            asyncio.create_task(publisher.publish("t", [Message(str(i).encode())]))
+            for i in range(start, start + count)
+        ]
+        await asyncio.sleep(0.01)
+        return tasks
+
+    tasks = await wave(0, 1)
+    tasks += await wave(1, 10)
+    assert broker.calls == [1, 10]  # the second batch did not wait for the first
+    tasks += await wave(11, 10)
+    assert broker.calls == [1, 10]  # two in flight: the third batch waits
+    broker.gate.set()
+    await asyncio.gather(*tasks)
+    assert broker.calls == [1, 10, 10]
+    held = await broker.browse("t")
+    assert sorted(int(m.data) for m in held) == list(range(21))
+    await publisher.drain()
+    await broker.close()
+
+
 async def test_a_failed_batch_fails_each_of_its_callers() -> None:
     broker = CountingBroker()
     await broker.connect()
@@ -63,6 +98,14 @@ async def test_a_failed_batch_fails_each_of_its_callers() -> None:
     )
     assert all(isinstance(r, BrokerClosed) for r in results)
     await publisher.drain()
+
+
+def test_event_ids_are_distinct_version_4_uuids() -> None:
+    ids = [new_event_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    for event_id in ids[:500]:
+        parsed = uuid.UUID(event_id)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, event_id)
 
 
 def test_envelope_expiration_and_has_expired() -> None:
