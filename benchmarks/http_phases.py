@@ -110,32 +110,37 @@ async def measure_backend(run: HttpRun, target: Target) -> None:
                     "cost", backend, f"rss idle ({role})", stat.rss_mb, "MB", pid=child.pid
                 )
         if config.wants("ingest"):
-            await _ingest(run, backend, publisher, topics)
+            with _profiled(run, backend, {"publisher": publisher}, phase="ingest"):
+                await _ingest(run, backend, publisher, topics)
         if config.wants("e2e"):
-            with _profiled(run, backend, sidecars):
+            with _profiled(run, backend, sidecars, phase="e2e"):
                 await _end_to_end(run, backend, publisher, app, topics)
         if config.wants("latency") or config.wants("cost"):
-            await _fixed_rate(run, backend, publisher, app, sidecars, topics["latency"])
+            with _profiled(run, backend, sidecars, phase="fixed-rate"):
+                await _fixed_rate(run, backend, publisher, app, sidecars, topics["latency"])
     finally:
         for child in (publisher, subscriber, app):
             run.children.stop(child)
 
 
 @contextlib.contextmanager
-def _profiled(run: HttpRun, backend: str, sidecars: dict[str, Child]) -> Iterator[None]:
-    """With ``--profile``: py-spy every sidecar while the block runs; summaries in the report."""
+def _profiled(run: HttpRun, backend: str, sidecars: dict[str, Child], phase: str) -> Iterator[None]:
+    """With ``--profile``: py-spy the sidecars while the block runs; summaries in the report."""
     if not run.config.profile:
         yield
         return
     run.config.output.mkdir(parents=True, exist_ok=True)
     recordings = {
-        role: Recording.start(child.pid, run.config.output / f"profile-{backend}-{role}.txt")
+        role: Recording.start(
+            child.pid, run.config.output / f"profile-{backend}-{phase}-{role}.txt"
+        )
         for role, child in sidecars.items()
     }
     try:
         yield
     finally:
         profiles = run.report.checks.setdefault("profiles", {}).setdefault(backend, {})
+        profiles = profiles.setdefault(phase, {})
         for role, recording in recordings.items():
             profiles[role] = recording.finish()
 

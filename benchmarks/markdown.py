@@ -169,27 +169,34 @@ def _checks(checks: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _profiles(profiles: dict[str, dict[str, dict[str, Any]]]) -> str:
+def _profiles(profiles: dict[str, dict[str, Any]]) -> str:
     if not profiles:
         return ""
     lines = [
-        "## Where the sidecars spend their time (py-spy, end-to-end phases)\n",
+        "## Where the sidecars spend their time (py-spy)\n",
         "Share of samples per frame: *self* = on top of the stack, *omnibus* = anywhere in it.\n",
     ]
-    for backend, roles in profiles.items():
-        for role, summary in roles.items():
-            lines.append(f"### {backend}, {role} sidecar ({summary.get('samples', 0)} samples)\n")
-            if "error" in summary:
-                lines.append(f"py-spy failed: {summary['error']}\n")
-                continue
-            lines.append("| self | % | omnibus (inclusive) | % |\n|---|---:|---|---:|")
-            own, ours = summary["self"], summary["inclusive"]
-            for index in range(max(len(own), len(ours))):
-                left = own[index] if index < len(own) else ["", ""]
-                right = ours[index] if index < len(ours) else ["", ""]
-                lines.append(f"| `{left[0]}` | {left[1]} | `{right[0]}` | {right[1]} |")
-            lines.append("")
+    for backend, phases in profiles.items():
+        if any("samples" in value or "error" in value for value in phases.values()):
+            phases = {"e2e": phases}  # results written before ingest was profiled too
+        for phase, roles in phases.items():
+            for role, summary in roles.items():
+                title = f"### {backend}, {PHASE_TITLES.get(phase, phase)}, {role} sidecar"
+                lines.append(f"{title} ({summary.get('samples', 0)} samples)\n")
+                if "error" in summary:
+                    lines.append(f"py-spy failed: {summary['error']}\n")
+                    continue
+                lines.append("| self | % | omnibus (inclusive) | % |\n|---|---:|---|---:|")
+                own, ours = summary["self"], summary["inclusive"]
+                for index in range(max(len(own), len(ours))):
+                    left = own[index] if index < len(own) else ["", ""]
+                    right = ours[index] if index < len(ours) else ["", ""]
+                    lines.append(f"| `{left[0]}` | {left[1]} | `{right[0]}` | {right[1]} |")
+                lines.append("")
     return "\n".join(lines) + "\n"
+
+
+PHASE_TITLES = {"ingest": "publish ingest", "e2e": "end-to-end", "fixed-rate": "fixed rate"}
 
 
 def _skipped(skipped: Sequence[dict[str, Any]]) -> str:
