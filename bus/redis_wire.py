@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import hiredis
@@ -79,7 +80,7 @@ def decode(topic: str, entry_id: bytes, fields: Mapping[bytes, bytes], attempt: 
         meta = {str(k): v if isinstance(v, str) else str(v) for k, v in meta.items()}
     return Message(
         data=fields.get(b"data", b""),
-        metadata=meta,
+        metadata=MappingProxyType(meta),  # checked above: str to str, no second pass
         id=message_id if isinstance(message_id, str) and message_id else entry_id.decode(),
         topic=topic,
         attempt=max(attempt, 1),

@@ -101,6 +101,10 @@ class Sidecar:
                 http="httptools",
                 lifespan="off",
                 access_log=False,
+                # Local callers only: no X-Forwarded-* rewriting (a wrapper around every
+                # request) and no "server: uvicorn" header.
+                proxy_headers=False,
+                server_header=False,
                 log_config=None,
                 timeout_graceful_shutdown=max(int(config.drain_timeout), 1),
             )

@@ -138,6 +138,37 @@ async def test_stop_hands_back_what_did_not_finish_and_acks_nothing_of_it() -> N
     assert source.ack_calls == []
 
 
+@pytest.mark.parametrize("swallows", [False, True], ids=["propagates", "swallows"])
+async def test_a_handler_past_its_processing_timeout_is_stopped_and_retried(
+    swallows: bool,
+) -> None:
+    source = RecordingSource(deliveries(2))
+    done = asyncio.Event()
+    stopped: list[str] = []
+
+    async def handler(message: Message) -> Outcome:
+        if message.id == "m1":
+            return Outcome.SUCCESS
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            stopped.append(message.id)
+            asyncio.get_running_loop().call_later(0.05, done.set)
+            if not swallows:
+                raise
+        return Outcome.SUCCESS  # what a handler that swallowed the cancellation says
+
+    options = SubscriptionOptions(group="g", processing_timeout=0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await run_until(Dispatcher("t", source, handler, options), done)
+    assert 0.2 <= loop.time() - started < 1.0  # within the timeout plus a tenth, and the linger
+    assert stopped == ["m0"]
+    assert [i for i, _ in source.retries] == ["m0"]
+    assert [i for call in source.ack_calls for i in call] == ["m1"]
+    assert source.released == []
+
+
 async def test_handler_returning_garbage_counts_as_retry() -> None:
     source = RecordingSource(deliveries(1))
     done = asyncio.Event()
