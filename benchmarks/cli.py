@@ -56,7 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-markdown", action="store_true", help="do not write the report")
     parser.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
     parser.add_argument(
-        "--profile", action="store_true", help="py-spy the sidecars during the end-to-end phases"
+        "--profile",
+        action="store_true",
+        help="py-spy the sidecars during the HTTP phases (to find where time goes: the sampler "
+        "shares the cores, so the figures of a profiled run read low)",
     )
     parser.add_argument(
         "--render",

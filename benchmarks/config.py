@@ -42,7 +42,7 @@ class BenchConfig:
     quick: bool = False
     command: str = ""
     phase_timeout: float = 120.0  # a phase with no progress for this long is given up
-    profile: bool = False  # py-spy the sidecars during the end-to-end phases
+    profile: bool = False  # py-spy the sidecars during the HTTP phases
     note: str = ""  # shown at the top of BENCHMARKS.md (e.g. "shared, noisy machine")
     extra: dict[str, str] = field(default_factory=dict)
 

@@ -19,10 +19,12 @@ RUNNING = """\
 `omnibus bench` (or `python -m benchmarks`) runs every scenario on sqlite, redis and rabbitmq;
 `--quick` keeps the whole run under two minutes. `--backends redis,rabbitmq`, `--scenarios
 ingest,e2e,latency,bus,cost`, `--size`, `--duration`, `--rate`, `--messages` narrow it down;
-`--profile` adds py-spy summaries of the sidecars; `--render benchmarks/results/latest.json`
-redraws the table, plots and this file from a saved run. A private `redis-server` is started on a
-free port; on RabbitMQ (127.0.0.1:5672) every queue and exchange carries the run's id and is
-deleted at the end. Results: `benchmarks/results/<timestamp>.json` and `latest.json`, plots beside.
+`--profile` adds py-spy summaries of the sidecars (the sampler shares the two cores, so
+the figures of a profiled run read low: publish them from a run without it);
+`--render benchmarks/results/latest.json` redraws the table, plots and this file from a saved run.
+A private `redis-server` is started on a free port; on RabbitMQ (127.0.0.1:5672) every queue and
+exchange carries the run's id and is deleted at the end. Results:
+`benchmarks/results/<timestamp>.json` and `latest.json`, plots beside.
 """
 
 METHOD = """\
@@ -62,8 +64,10 @@ figure includes the cost of sharing them; ratios compare figures taken in the sa
    and peak RSS after the fixed-rate phase, and CPU seconds spent from the start of the fixed-rate
    phase until its last message was delivered, per 1,000 messages (= cores per 1,000 msg/s).
 
-`--profile` runs py-spy on both sidecars during the end-to-end phases (collapsed stacks in the
-results directory, summary below the figures).
+`--profile` runs py-spy on the sidecars during the ingest, end-to-end and fixed-rate phases
+(collapsed stacks `profile-<backend>-<phase>-<role>.txt` in the results directory, summaries
+below the figures). It is for finding where the time goes, not for the figures: the sampler takes
+CPU from the same two cores.
 """
 
 

@@ -1,9 +1,9 @@
-"""``--profile``: py-spy samples the sidecars while the end-to-end phases run.
+"""``--profile``: py-spy samples the sidecars while the HTTP phases run.
 
 Each sidecar gets ``py-spy record --format raw`` (collapsed stacks, one ``frame;frame;... count``
-line per distinct stack) written to ``profile-<backend>-<role>.txt`` in the results directory; the
-report keeps the functions with the most samples on top of the stack (self time) and the omnibus
-functions with the most samples anywhere in the stack (inclusive time).
+line per distinct stack) written to ``profile-<backend>-<phase>-<role>.txt`` in the results
+directory; the report keeps the functions with the most samples on top of the stack (self time)
+and the omnibus functions with the most samples anywhere in the stack (inclusive time).
 """
 
 from __future__ import annotations
