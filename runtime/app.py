@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -134,8 +135,16 @@ class SidecarApi:
         )
         try:
             entries = parse_bulk(payload)
+            now = datetime.now(UTC)
             messages = [
-                make_message(e.data, e.content_type, {**common, **e.metadata}, context)
+                make_message(
+                    e.data,
+                    e.content_type,
+                    {**common, **e.metadata},
+                    context,
+                    now=now,
+                    json_checked=True,  # parse_bulk serialized JSON events itself
+                )
                 for e in entries
             ]
         except InvalidArgument as exc:

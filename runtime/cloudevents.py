@@ -139,8 +139,10 @@ def parse_ttl(value: str | None) -> int | None:
     return ttl
 
 
-def _data_field(data: bytes, content_type: str) -> tuple[str, Any]:
+def _data_field(data: bytes, content_type: str, json_checked: bool) -> tuple[str, Any]:
     if is_json_type(content_type):
+        if json_checked:
+            return "data", orjson.Fragment(data)
         try:
             orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -185,8 +187,12 @@ def new_envelope(
     source: str,
     attrs: EventAttributes | None = None,
     now: datetime | None = None,
+    json_checked: bool = False,
 ) -> tuple[str, bytes]:
-    """Wrap ``data`` in a Dapr CloudEvent; returns (event id, envelope bytes)."""
+    """Wrap ``data`` in a Dapr CloudEvent; returns (event id, envelope bytes).
+
+    ``json_checked``: ``data`` is known to be valid JSON (serialized by us), not parsed again.
+    """
     attrs = attrs or EventAttributes()
     now = now or datetime.now(UTC)
     content_type = content_type or DEFAULT_CONTENT_TYPE
@@ -205,7 +211,7 @@ def new_envelope(
         "tracestate": attrs.tracestate or "",
     }
     _apply(envelope, attrs, now)
-    field, value = _data_field(data, content_type)
+    field, value = _data_field(data, content_type, json_checked)
     envelope[field] = value
     return str(envelope["id"]), orjson.dumps(envelope)
 

@@ -106,7 +106,7 @@ class EventPreparer:
         spec = self.spec
         event: Mapping[str, Any] | None = None
         data = message.data
-        if self._raw or not data.lstrip().startswith(b"{"):
+        if self._raw or not (data[:1] == b"{" or data.lstrip().startswith(b"{")):
             event = self._raw_event(message)
             data = orjson.dumps(event)
         elif self._needs_event or b'"expiration"' in data:

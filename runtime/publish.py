@@ -13,6 +13,8 @@ import asyncio
 import collections
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
 
 import orjson
 
@@ -54,9 +56,20 @@ class PublishContext:
 
 
 def make_message(
-    body: bytes, content_type: str | None, metadata: Mapping[str, str], ctx: PublishContext
+    body: bytes,
+    content_type: str | None,
+    metadata: Mapping[str, str],
+    ctx: PublishContext,
+    *,
+    now: datetime | None = None,
+    json_checked: bool = False,
 ) -> Message:
-    """One publish as a bus message: a CloudEvent envelope, or the raw body for rawPayload."""
+    """One publish as a bus message: a CloudEvent envelope, or the raw body for rawPayload.
+
+    ``metadata`` must map str to str (query parameters, checked bulk entries): it is not checked
+    again. A bulk publish passes one ``now`` for all its entries, and ``json_checked`` for the
+    JSON it serialized itself.
+    """
     attrs = EventAttributes.from_metadata(metadata, ctx.traceparent, ctx.tracestate)
     if parse_bool(metadata.get("rawPayload"), "rawPayload"):
         headers = dict(metadata)
@@ -77,8 +90,10 @@ def make_message(
             pubsubname=ctx.pubsubname,
             source=ctx.source,
             attrs=attrs,
+            now=now,
+            json_checked=json_checked,
         )
-    return Message(data=envelope, metadata=dict(metadata), id=event_id)
+    return Message(data=envelope, metadata=MappingProxyType(dict(metadata)), id=event_id)
 
 
 @dataclass(frozen=True, slots=True)
