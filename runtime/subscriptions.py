@@ -56,8 +56,10 @@ def subscription_options(
     """The bus options of ``spec`` on ``component``."""
     defaults = component.defaults
     concurrency, batch_size = defaults.concurrency, defaults.batch_size
-    if spec.bulk.enabled:  # a batch can only fill up if that many handlers may wait at once
-        concurrency = max(concurrency, spec.bulk.max_messages)
+    if spec.bulk.enabled:
+        # A batch only fills up if that many handlers may wait at once; twice that lets the next
+        # batch fill while the app handles the one before, instead of fetching nothing meanwhile.
+        concurrency = max(concurrency, 2 * spec.bulk.max_messages)
         batch_size = max(batch_size, spec.bulk.max_messages)
     return SubscriptionOptions(
         group=defaults.group or app_id,

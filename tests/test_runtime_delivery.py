@@ -20,7 +20,7 @@ from runtime.channel import AppChannel
 from runtime.delivery import outcome_of
 from runtime.publish import PublishContext, make_message
 from runtime.pubsubs import PubSubs
-from runtime.subscriptions import open_subscriptions, unique_subscriptions
+from runtime.subscriptions import open_subscriptions, subscription_options, unique_subscriptions
 from tests.helpers import eventually
 from tests.runtime_asgi import Component
 
@@ -248,6 +248,16 @@ async def test_bulk_subscribe_batches_and_reads_statuses(world: World) -> None:
     _, second, _ = world.app.received[1]
     assert [e["entryId"] for e in second["entries"]] == [ids[4]]  # only the retried one
     assert await world.dead_letters("bulk.dlq") == [ids[3]]
+
+
+def test_bulk_subscriptions_may_hold_two_batches_at_once() -> None:
+    """One batch fills while the app handles the one before, not after it."""
+    component = Component("pubsub", MemoryBroker(MemoryHub()))
+    bulk = BulkSubscribe(enabled=True, max_messages=100, max_await_ms=40)
+    options = subscription_options(spec("t", bulk=bulk), component, "orders-app")
+    assert (options.concurrency, options.batch_size) == (200, 100)
+    plain = subscription_options(spec("t"), component, "orders-app")
+    assert (plain.concurrency, plain.batch_size) == (10, 100)
 
 
 async def test_an_unreachable_app_means_retry_until_dead_letter(world: World) -> None:
