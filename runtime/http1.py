@@ -159,7 +159,8 @@ class Http1Client:
         self._idle: list[_Connection] = []
         self._limit = asyncio.Semaphore(limit) if limit > 0 else None
         self._closed = False
-        fixed = {"Host": f"{host}:{port}", **(headers or {})}
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
+        fixed = {"Host": authority, **(headers or {})}
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in _checked(fixed).items()).encode("latin-1")
         self._targets: dict[str, bytes] = {}
 

@@ -21,8 +21,11 @@ Answer = Callable[[bytes], Awaitable[bytes | None]]  # a request -> its answer (
 class RawServer:
     """Reads whole requests (Content-Length bodies) and writes what ``answer`` returns."""
 
-    def __init__(self, answer: Answer, *, close_after: bool = False) -> None:
+    def __init__(
+        self, answer: Answer, *, close_after: bool = False, host: str = "127.0.0.1"
+    ) -> None:
         self.answer = answer
+        self.host = host
         self.close_after = close_after
         self.requests: list[bytes] = []
         self.connections = 0
@@ -31,7 +34,7 @@ class RawServer:
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, self.host, 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -235,3 +238,18 @@ async def test_header_injection_and_odd_paths() -> None:
         await client.close()
     assert server.requests[0].startswith(b"POST /orders%20v2/%C3%A4?x=1 HTTP/1.1\r\n")
     assert b"Content-Length" not in server.requests[1]
+
+
+async def test_ipv6_hosts_are_bracketed() -> None:
+    server = RawServer(fixed(ok(b"v6")), host="::1")
+    try:
+        await server.__aenter__()
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        client = Http1Client("::1", server.port)
+        assert await client.request("GET", "/") == (200, b"v6")
+        await client.close()
+    finally:
+        await server.__aexit__(None, None, None)
+    assert f"Host: [::1]:{server.port}\r\n".encode() in server.requests[0]
