@@ -62,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "shares the cores, so the figures of a profiled run read low)",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every phase N times and report each figure's median (every run measures "
+        "omnibus and its baselines back to back, so each ratio has both sides of one moment)",
+    )
+    parser.add_argument(
         "--render",
         type=Path,
         metavar="JSON",
@@ -91,6 +98,7 @@ def config_from_args(args: argparse.Namespace, command: str = "") -> BenchConfig
         command=command,
         note=args.note,
         profile=args.profile,
+        repeat=args.repeat,
         **values,  # type: ignore[arg-type]
     )
 

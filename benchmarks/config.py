@@ -43,6 +43,7 @@ class BenchConfig:
     command: str = ""
     phase_timeout: float = 120.0  # a phase with no progress for this long is given up
     profile: bool = False  # py-spy the sidecars during the HTTP phases
+    repeat: int = 1  # runs of every phase; each figure is the median over them
     note: str = ""  # shown at the top of BENCHMARKS.md (e.g. "shared, noisy machine")
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -59,6 +60,8 @@ class BenchConfig:
             raise InvalidArgument("messages, rate, connections and generators must be positive")
         if self.ingest_duration <= 0 or self.latency_duration <= 0:
             raise InvalidArgument("durations must be positive")
+        if self.repeat < 1:
+            raise InvalidArgument("--repeat must be at least 1")
 
     @property
     def batched_messages(self) -> int:

@@ -19,6 +19,8 @@ RUNNING = """\
 `omnibus bench` (or `python -m benchmarks`) runs every scenario on sqlite, redis and rabbitmq;
 `--quick` keeps the whole run under two minutes. `--backends redis,rabbitmq`, `--scenarios
 ingest,e2e,latency,bus,cost`, `--size`, `--duration`, `--rate`, `--messages` narrow it down;
+`--repeat N` runs every phase N times and reports each figure's median (this VM's run-to-run
+spread is wide: single runs a few minutes apart differed by up to 25% on the same figure);
 `--profile` adds py-spy summaries of the sidecars (the sampler shares the two cores, so
 the figures of a profiled run read low: publish them from a run without it);
 `--render benchmarks/results/latest.json` redraws the table, plots and this file from a saved run.
@@ -77,6 +79,7 @@ def write_markdown(document: dict[str, Any], path: Path) -> Path:
         "# omnibus benchmarks\n",
         f"Measured {document['started']} with:\n\n```\n{document['command']}\n```\n",
         _note(document["config"].get("note", "")),
+        _repeats(int(document["config"].get("repeat", 1))),
         _machine(document["machine"]),
         _goals(document["figures"]),
         _figures(document["figures"]),
@@ -111,6 +114,15 @@ def _before_after() -> str:
         return BEFORE_AFTER.read_text()
     except OSError:
         return ""
+
+
+def _repeats(repeat: int) -> str:
+    if repeat <= 1:
+        return ""
+    return (
+        f"Every phase ran {repeat} times; each figure is the median of its runs (all values are "
+        "in the JSON, under `runs`). Every run measured omnibus and its baselines back to back.\n"
+    )
 
 
 def _note(note: str) -> str:

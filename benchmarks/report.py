@@ -9,6 +9,7 @@ derived rows side by side.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -100,6 +101,35 @@ class Report:
             "checks": self.checks,
             "plots": self.plots,
         }
+
+
+def combine(reports: list[Report]) -> Report:
+    """One report of several runs of the same phases: each figure is the median of its runs.
+
+    The details kept are those of the run whose value is the (lower) median, plus ``runs``: every
+    run's value, in order.  Skips of any run are kept once; checks come from the last run.
+    """
+    if len(reports) == 1:
+        return reports[0]
+    first, last = reports[0], reports[-1]
+    merged = Report(config=first.config, machine=first.machine, command=first.command)
+    merged.started, merged.finished = first.started, last.finished
+    keys = list(dict.fromkeys(m.key for report in reports for m in report.measurements))
+    for key in keys:
+        taken = [m for report in reports if (m := report.get(*key)) is not None]
+        values = [m.value for m in taken]
+        median = statistics.median(values)
+        middle = min(taken, key=lambda m: (abs(m.value - median), m.value))
+        details = {**middle.details, "runs": [round(v, 3) for v in values]}
+        merged.add(*key, median, middle.unit, **details)
+    seen: set[tuple[str, str, str]] = set()
+    for report in reports:
+        for skip in report.skipped:
+            if (skip.scenario, skip.subject, skip.reason) not in seen:
+                seen.add((skip.scenario, skip.subject, skip.reason))
+                merged.skipped.append(skip)
+    merged.checks = dict(last.checks)
+    return merged
 
 
 def load_measurements(document: dict[str, Any]) -> list[Measurement]:

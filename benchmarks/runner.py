@@ -30,7 +30,14 @@ from benchmarks.machine import describe_machine
 from benchmarks.markdown import write_markdown
 from benchmarks.processes import Children
 from benchmarks.render import print_report
-from benchmarks.report import Measurement, Report, Skip, load_measurements, save_json
+from benchmarks.report import (
+    Measurement,
+    Report,
+    Skip,
+    combine,
+    load_measurements,
+    save_json,
+)
 from benchmarks.services import RABBIT_URL, Services, Target
 
 HTTP_SCENARIOS = ("ingest", "e2e", "latency", "cost")
@@ -39,29 +46,45 @@ Step = Callable[[str], None]
 
 
 async def run_bench(config: BenchConfig, console: Console | None = None) -> dict[str, Any]:
-    """Run ``config``; print the tables; write JSON, plots and Markdown; return the document."""
+    """Run ``config``; print the tables; write JSON, plots and Markdown; return the document.
+
+    With ``repeat`` > 1 every phase runs that many times (new names each time, the same brokers)
+    and each figure is the median of its runs.
+    """
     console = console or Console(stderr=True)
     run_id = uuid.uuid4().hex[:8]
+    rounds: list[Report] = []
     async with Services(config.backends, run_id) as services:
-        report = Report(
-            config=_config_json(config),
-            machine=describe_machine(services.versions),
-            command=config.command,
-        )
-        for backend, reason in services.unavailable.items():
-            for scenario in config.scenarios:
-                report.skip(scenario, backend, f"broker unavailable: {reason}")
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn())
         with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
-            task = progress.add_task("starting", total=_steps(config, services))
+            total = _steps(config, services) * config.repeat
+            task = progress.add_task("starting", total=total)
+            for index in range(1, config.repeat + 1):
+                prefix = f"run {index}/{config.repeat}: " if config.repeat > 1 else ""
 
-            def step(label: str) -> None:
-                progress.update(task, description=label, advance=1)
+                def step(label: str, prefix: str = prefix) -> None:
+                    progress.update(task, description=prefix + label, advance=1)
 
-            await _bus_phases(config, report, services, step)
-            await _http_phases(config, report, services, run_id, step)
+                # names carry the run id: a repeat never reuses a stream, queue or group
+                services.run_id = run_id if config.repeat == 1 else f"{run_id}r{index}"
+                rounds.append(await _one_round(config, services, step))
+        services.run_id = run_id
+    return _finish(config, combine(rounds), console)
+
+
+async def _one_round(config: BenchConfig, services: Services, step: Step) -> Report:
+    report = Report(
+        config=_config_json(config),
+        machine=describe_machine(services.versions),
+        command=config.command,
+    )
+    for backend, reason in services.unavailable.items():
+        for scenario in config.scenarios:
+            report.skip(scenario, backend, f"broker unavailable: {reason}")
+    await _bus_phases(config, report, services, step)
+    await _http_phases(config, report, services, services.run_id, step)
     report.finished = time.time()
-    return _finish(config, report, console)
+    return report
 
 
 def _finish(config: BenchConfig, report: Report, console: Console) -> dict[str, Any]:

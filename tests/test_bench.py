@@ -16,7 +16,7 @@ from benchmarks.goals import figure_rows
 from benchmarks.http_phases import percentiles
 from benchmarks.payload import PayloadFactory, stamp_of
 from benchmarks.profiling import summarise
-from benchmarks.report import Measurement
+from benchmarks.report import Measurement, Report, combine
 from benchmarks.runner import render_saved, request_errors, run_bench
 from bus.errors import InvalidArgument
 
@@ -83,11 +83,44 @@ def test_percentiles_and_goal_rows() -> None:
     assert rows[("starlette", "single")]["goal"] is None
 
 
+def test_repeated_runs_report_each_figures_median() -> None:
+    def run(single: float, ceiling: float, p99: float | None) -> Report:
+        report = Report(config={"repeat": 3}, machine={}, command="omnibus bench --repeat 3")
+        report.add("ingest", "starlette", "single", ceiling, "msg/s", generator_cores=0.5)
+        report.add("ingest", "sqlite", "single", single, "msg/s", errors=0, mark=single)
+        if p99 is not None:
+            report.add("latency", "sqlite", "p99", p99, "ms")
+        report.skip("bus", "redis", "broker unavailable: refused")
+        return report
+
+    merged = combine([run(4_000, 9_000, 7.0), run(6_000, 10_000, None), run(5_000, 8_000, 3.0)])
+    ingest = merged.get("ingest", "sqlite", "single")
+    assert ingest is not None and ingest.value == 5_000
+    assert ingest.details["mark"] == 5_000  # the details of the median run
+    assert ingest.details["runs"] == [4_000, 6_000, 5_000]
+    p99 = merged.get("latency", "sqlite", "p99")
+    assert p99 is not None and p99.value == 5.0 and p99.details["runs"] == [7.0, 3.0]
+    assert len(merged.skipped) == 1  # the same skip of every run, once
+    rows = {(r["subject"], r["variant"]): r for r in figure_rows(merged.measurements)}
+    assert rows[("sqlite", "single")]["ratio"] == pytest.approx(5_000 / 9_000)
+    single = run(1.0, 2.0, None)
+    assert combine([single]) is single
+
+
+def test_repeat_must_be_positive() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(["--repeat", "3"])).repeat == 3
+    with pytest.raises(InvalidArgument, match="--repeat"):
+        config_from_args(parser.parse_args(["--repeat", "0"]))
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(180)
 async def test_quick_run_on_sqlite_writes_json_plots_and_markdown(tmp_path: Path) -> None:
-    # Given: a tiny run of every scenario on the embedded backend
+    # Given: a tiny run of every scenario on the embedded backend, twice
     config = BenchConfig(
+        repeat=2,
         backends=("sqlite",),
         messages=200,
         ingest_duration=0.5,
@@ -124,6 +157,7 @@ async def test_quick_run_on_sqlite_writes_json_plots_and_markdown(tmp_path: Path
         assert key in keys, key
     for measurement in document["measurements"]:
         assert isinstance(measurement["value"], float) and measurement["value"] > 0
+        assert len(measurement["details"]["runs"]) == 2  # both runs measured every figure
     ingest = next(
         r
         for r in document["figures"]
@@ -144,6 +178,7 @@ async def test_quick_run_on_sqlite_writes_json_plots_and_markdown(tmp_path: Path
     markdown = (tmp_path / "BENCHMARKS.md").read_text()
     assert "omnibus bench --quick --backends sqlite" in markdown
     assert "## Machine" in markdown and "| publish ingest over HTTP | sqlite |" in markdown
+    assert "each figure is the median of its runs" in markdown
     # And: a saved run renders again without measuring anything
     again = replace(config, markdown=tmp_path / "again.md")
     with (tmp_path / "console.txt").open("a") as out:
