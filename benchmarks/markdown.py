@@ -121,7 +121,9 @@ def _repeats(repeat: int) -> str:
         return ""
     return (
         f"Every phase ran {repeat} times; each figure is the median of its runs (all values are "
-        "in the JSON, under `runs`). Every run measured omnibus and its baselines back to back.\n"
+        "in the JSON, under `runs`). Every run measured omnibus and its baselines back to back, "
+        "on brokers of its own (a new redis-server and SQLite file, its RabbitMQ names deleted "
+        "after it).\n"
     )
 
 

@@ -48,27 +48,27 @@ Step = Callable[[str], None]
 async def run_bench(config: BenchConfig, console: Console | None = None) -> dict[str, Any]:
     """Run ``config``; print the tables; write JSON, plots and Markdown; return the document.
 
-    With ``repeat`` > 1 every phase runs that many times (new names each time, the same brokers)
-    and each figure is the median of its runs.
+    With ``repeat`` > 1 every phase runs that many times, each time on brokers of its own (a new
+    private redis-server, a new SQLite file, the run's RabbitMQ names deleted after it), so no
+    run inherits the data of the one before; each figure is the median of its runs.
     """
     console = console or Console(stderr=True)
     run_id = uuid.uuid4().hex[:8]
     rounds: list[Report] = []
-    async with Services(config.backends, run_id) as services:
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn())
-        with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
-            total = _steps(config, services) * config.repeat
-            task = progress.add_task("starting", total=total)
-            for index in range(1, config.repeat + 1):
-                prefix = f"run {index}/{config.repeat}: " if config.repeat > 1 else ""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=None)
+        for index in range(1, config.repeat + 1):
+            prefix = f"run {index}/{config.repeat}: " if config.repeat > 1 else ""
 
-                def step(label: str, prefix: str = prefix) -> None:
-                    progress.update(task, description=prefix + label, advance=1)
+            def step(label: str, prefix: str = prefix) -> None:
+                progress.update(task, description=prefix + label, advance=1)
 
-                # names carry the run id: a repeat never reuses a stream, queue or group
-                services.run_id = run_id if config.repeat == 1 else f"{run_id}r{index}"
+            round_id = run_id if config.repeat == 1 else f"{run_id}r{index}"
+            async with Services(config.backends, round_id) as services:
+                if index == 1:
+                    progress.update(task, total=_steps(config, services) * config.repeat)
                 rounds.append(await _one_round(config, services, step))
-        services.run_id = run_id
     return _finish(config, combine(rounds), console)
 
 
