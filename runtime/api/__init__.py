@@ -1,0 +1,1 @@
+"""The sidecar's HTTP front ends, one module per building block."""
