@@ -1,0 +1,30 @@
+"""Small helpers shared by the store modules (private to ``state``)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from state.store import Concurrency, DeleteRequest, SetRequest
+
+
+def given_etag(request: SetRequest | DeleteRequest) -> str | None:
+    """The etag to check, ``None`` when none was given (Dapr treats ``""`` as none)."""
+    return request.etag or None
+
+
+def needs_absent(request: SetRequest) -> bool:
+    """First-write without an etag: the save succeeds only if the key does not exist yet."""
+    return request.etag in (None, "") and request.concurrency is Concurrency.FIRST_WRITE
+
+
+def expiry_epoch(ttl: int | None, now: float | None = None) -> float | None:
+    """Seconds since the epoch when a value saved now with ``ttl`` expires; None = never."""
+    if ttl is None or ttl < 0:
+        return None
+    return (time.time() if now is None else now) + ttl
+
+
+def epoch_to_datetime(epoch: float | None) -> datetime | None:
+    """An aware UTC datetime, or None."""
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)

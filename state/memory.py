@@ -1,0 +1,213 @@
+"""``state.in-memory``: a real state store held in a dict of this process.
+
+Storage layout: ``{key: _Entry(value, version, expires, content_type, is_binary)}``.  Etags are the
+decimal text of a per-store counter, so an etag is never reused, even after delete and re-create.
+Expired entries are invisible at once and dropped when touched or by a sweep every 1,000 writes.
+Every operation runs without awaiting in between, so each (and each transaction) is atomic in
+the event loop; nothing is shared across processes, as with Dapr's in-memory store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from state._common import epoch_to_datetime, expiry_epoch, given_etag, needs_absent
+from state.errors import BulkError, ETagInvalid, ETagMismatch, StateError
+from state.query import matches, page_token, parse_query, sort_documents
+from state.store import (
+    BulkItem,
+    DeleteRequest,
+    Feature,
+    Item,
+    Operation,
+    QueryResult,
+    SetRequest,
+    StoreLifecycle,
+)
+
+_SWEEP_EVERY = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySettings:
+    """``state.in-memory`` takes no metadata."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    value: bytes
+    version: int
+    expires: float | None
+    content_type: str | None
+    is_binary: bool
+
+    def alive(self, now: float) -> bool:
+        return self.expires is None or self.expires > now
+
+
+class MemoryStore(StoreLifecycle):
+    """A dict-backed store with etags, transactions, TTLs and queries."""
+
+    features = frozenset({Feature.ETAG, Feature.TRANSACTIONAL, Feature.TTL, Feature.QUERY_API})
+
+    def __init__(self, name: str, settings: MemorySettings | None = None) -> None:
+        self.name = name
+        self.settings = settings or MemorySettings()
+        self._data: dict[str, _Entry] = {}
+        self._version = 0
+        self._writes = 0
+
+    async def get(self, key: str) -> Item | None:
+        """The live item under ``key``."""
+        entry = self._live(self._data, key, time.time())
+        return None if entry is None else _item(key, entry)
+
+    async def bulk_get(self, keys: Sequence[str]) -> list[BulkItem]:
+        """One entry per key, in order."""
+        now = time.time()
+        result = []
+        for key in keys:
+            entry = self._live(self._data, key, now)
+            result.append(BulkItem(key, None if entry is None else _item(key, entry)))
+        return result
+
+    async def set(self, request: SetRequest) -> str:
+        """Save one value after its etag check."""
+        entry = self._apply_set(self._data, request, time.time())
+        self._after_write()
+        return str(entry.version)
+
+    async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
+        """Save each; BulkError lists the ones whose check failed."""
+        errors: list[tuple[str, StateError]] = []
+        for request in requests:
+            try:
+                await self.set(request)
+            except StateError as exc:
+                errors.append((request.key, exc))
+        if errors:
+            raise BulkError(errors)
+
+    async def delete(self, request: DeleteRequest) -> None:
+        """Delete one key after its etag check."""
+        self._apply_delete(self._data, request, time.time())
+
+    async def transact(self, operations: Sequence[Operation]) -> None:
+        """Check and stage every operation on an overlay, then apply them all at once."""
+        now = time.time()
+        staged: dict[str, _Entry | None] = {}
+        view = _Overlay(self._data, staged)
+        for operation in operations:
+            if isinstance(operation, SetRequest):
+                self._apply_set(view, operation, now)
+            else:
+                self._apply_delete(view, operation, now)
+        for key, entry in staged.items():
+            if entry is None:
+                self._data.pop(key, None)
+            else:
+                self._data[key] = entry
+        self._after_write()
+
+    async def query(self, query: Mapping[str, Any], key_prefix: str) -> QueryResult:
+        """Filter, sort and page the JSON values under ``key_prefix``."""
+        parsed = parse_query(query)
+        now = time.time()
+        rows: list[tuple[str, Any]] = []
+        for key, entry in self._data.items():
+            if not key.startswith(key_prefix) or not entry.alive(now) or entry.is_binary:
+                continue
+            try:
+                document = orjson.loads(entry.value)
+            except orjson.JSONDecodeError:
+                continue
+            if matches(parsed.filter, document):
+                rows.append((key, document))
+        ordered = sort_documents(rows, parsed.sort)
+        end = parsed.offset + parsed.limit if parsed.limit else len(ordered)
+        page = ordered[parsed.offset : end]
+        results = [_item(key, self._data[key]) for key, _ in page]
+        return QueryResult(results, page_token(parsed, len(page), end < len(ordered)))
+
+    def _live(self, data: _Store, key: str, now: float) -> _Entry | None:
+        entry = data.get(key)
+        if entry is None or entry.alive(now):
+            return entry
+        return None
+
+    def _check(self, data: _Store, key: str, etag: str | None, now: float) -> _Entry | None:
+        current = self._live(data, key, now)
+        if etag is None:
+            return current
+        try:
+            expected = int(etag)
+        except ValueError as exc:
+            raise ETagInvalid(f"etag {etag!r} of key {key!r} is not one this store issued") from exc
+        if current is None or current.version != expected:
+            raise ETagMismatch(f"etag mismatch for key {key!r}")
+        return current
+
+    def _apply_set(self, data: _Store, request: SetRequest, now: float) -> _Entry:
+        current = self._check(data, request.key, given_etag(request), now)
+        if needs_absent(request) and current is not None:
+            raise ETagMismatch(f"first-write: key {request.key!r} already exists")
+        self._version += 1
+        entry = _Entry(
+            request.value,
+            self._version,
+            expiry_epoch(request.ttl, now),
+            request.content_type,
+            request.is_binary,
+        )
+        data[request.key] = entry
+        return entry
+
+    def _apply_delete(self, data: _Store, request: DeleteRequest, now: float) -> None:
+        self._check(data, request.key, given_etag(request), now)
+        data.pop(request.key, None)
+
+    def _after_write(self) -> None:
+        self._writes += 1
+        if self._writes % _SWEEP_EVERY == 0:
+            now = time.time()
+            for key in [k for k, e in self._data.items() if not e.alive(now)]:
+                del self._data[key]
+
+
+class _Overlay:
+    """A dict view of the store with a transaction's staged changes on top."""
+
+    def __init__(self, base: dict[str, _Entry], staged: dict[str, _Entry | None]) -> None:
+        self._base = base
+        self._staged = staged
+
+    def get(self, key: str) -> _Entry | None:
+        if key in self._staged:
+            return self._staged[key]
+        return self._base.get(key)
+
+    def __setitem__(self, key: str, entry: _Entry) -> None:
+        self._staged[key] = entry
+
+    def pop(self, key: str, default: None = None) -> _Entry | None:
+        entry = self.get(key)
+        self._staged[key] = None
+        return entry
+
+
+_Store = dict[str, _Entry] | _Overlay
+
+
+def _item(key: str, entry: _Entry) -> Item:
+    return Item(
+        key,
+        entry.value,
+        str(entry.version),
+        epoch_to_datetime(entry.expires),
+        entry.content_type,
+    )
