@@ -15,19 +15,44 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 from bus.delivery import Dispatcher, Handler, Source
-from bus.errors import BrokerClosed, BrokerError, InvalidArgument, NoResponders
+from bus.errors import (
+    BrokerClosed,
+    BrokerError,
+    InvalidArgument,
+    NoResponders,
+    ReplyLost,
+    RequestTimeout,
+)
 from bus.message import Message, Outcome, validate_name, validate_topic
 from bus.options import SubscriptionOptions
-from bus.presence import HEARTBEAT_INTERVAL, Presence
-from bus.rpc import Inbox, Replier, await_reply, make_reply
+from bus.presence import HEARTBEAT_INTERVAL, KIND_KEY, SERVICE, Presence, is_service
+from bus.rpc import (
+    CALL_GROUP,
+    IDEMPOTENCY_KEY,
+    MODE_KEY,
+    REDELIVERED,
+    TTL_KEY,
+    Inbox,
+    Replier,
+    Replies,
+    RequestMode,
+    await_reply,
+    call_ttl,
+    error_code,
+    error_reply,
+    idempotency_key,
+    make_reply,
+    raise_for_error,
+)
 
 log = logging.getLogger("omnibus.bus")
 
-DEADLINE_KEY = "omnibus-deadline"
+_REDELIVERED_TEXT = "the serving instance stopped during this call; it is not run twice"
 
 
 class Broker(Protocol):
@@ -50,13 +75,27 @@ class Broker(Protocol):
         ...
 
     async def serve(
-        self, topic: str, replier: Replier, options: SubscriptionOptions
+        self,
+        topic: str,
+        replier: Replier,
+        options: SubscriptionOptions,
+        *,
+        mode: RequestMode = RequestMode.CALL,
+        replies: Replies | None = None,
     ) -> Subscription:
-        """Answer requests sent to ``topic``; replicas of the group share the load."""
+        """Answer requests sent to ``topic`` in ``mode``; replicas share the load."""
         ...
 
-    async def request(self, topic: str, message: Message, timeout: float) -> Message:
-        """Send a request to ``topic`` and wait for its reply."""
+    async def request(
+        self, topic: str, message: Message, timeout: float, *, mode: RequestMode = RequestMode.CALL
+    ) -> Message:
+        """Call ``topic`` and wait for its reply."""
+        ...
+
+    async def submit(
+        self, topic: str, message: Message, *, reply_to: str, idempotency_key: str | None = None
+    ) -> str:
+        """Publish a durable request whose reply goes to the topic ``reply_to``."""
         ...
 
     async def browse(self, topic: str, limit: int = 100) -> list[Message]:
@@ -71,8 +110,8 @@ class Broker(Protocol):
         """Remove ``presence`` at once."""
         ...
 
-    async def instances(self, name: str | None = None) -> list[Presence]:
-        """Live presence entries, of one name or all."""
+    async def instances(self, name: str | None = None, kind: str | None = None) -> list[Presence]:
+        """Live presence entries, of one name or all, of one kind or all."""
         ...
 
     async def close(self) -> None:
@@ -148,6 +187,7 @@ class BaseBroker(abc.ABC):
         self._announced: dict[tuple[str, str], Presence] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._responders_seen: dict[str, float] = {}
+        self._local_servers: dict[str, list[Replier]] = {}
         self._connected = False
         self._closed = False
 
@@ -278,43 +318,142 @@ class BaseBroker(abc.ABC):
     # -- request/reply ----------------------------------------------------------------------
 
     async def serve(
-        self, topic: str, replier: Replier, options: SubscriptionOptions
+        self,
+        topic: str,
+        replier: Replier,
+        options: SubscriptionOptions,
+        *,
+        mode: RequestMode = RequestMode.CALL,
+        replies: Replies | None = None,
     ) -> Subscription:
-        """Answer requests sent to ``topic``; replicas of the group share the load."""
+        """Answer requests sent to ``topic`` in ``mode``; replicas of the group share the load.
 
-        async def handle(request: Message) -> Outcome:
-            deadline = request.metadata.get(DEADLINE_KEY)
-            if deadline is not None and float(deadline) < time.time():
-                log.info("skipping expired request %s on %s", request.id, topic)
-                return Outcome.SUCCESS
-            result = await replier(request)
-            if request.reply_to:
-                await self._send_reply(request.reply_to, make_reply(request, result))
-            return Outcome.SUCCESS
-
+        Call mode ignores ``options.group``: every call-mode server of a topic competes in
+        :data:`~bus.rpc.CALL_GROUP`, so two groups never both execute one call.
+        """
+        if not isinstance(mode, RequestMode):
+            raise InvalidArgument("mode must be a RequestMode")
+        if mode is RequestMode.CALL:
+            options = replace(options, group=CALL_GROUP)
+            handle = self._call_handler(topic, replier)
+        else:
+            handle = self._durable_handler(topic, replier, options, replies)
         subscription = await self.subscribe(topic, handle, options)
-        entry = Presence(name=topic, instance=self.instance)
+        entry = Presence(name=topic, instance=self.instance, metadata={KIND_KEY: SERVICE})
+        if mode is RequestMode.CALL:
+            self._local_servers.setdefault(topic, []).append(replier)
         await self.announce(entry)
-        subscription._on_stop = lambda sub: self._stop_serving(sub, entry)
+        subscription._on_stop = lambda sub: self._stop_serving(sub, entry, replier)
         return subscription
 
-    async def _stop_serving(self, subscription: Subscription, entry: Presence) -> None:
+    def _call_handler(self, topic: str, replier: Replier) -> Handler:
+        async def handle(request: Message) -> Outcome:
+            if request.attempt > 1:
+                # At most once: the instance that took this call stopped before it answered, and
+                # running it again could do the work twice.
+                await self._reply(request, error_reply(request, REDELIVERED, _REDELIVERED_TEXT))
+                return Outcome.SUCCESS
+            ttl = call_ttl(request)
+            age = self._call_age(request)
+            remaining = None if ttl is None else ttl - (age or 0.0)
+            if remaining is not None and remaining <= 0:
+                log.info("skipping call %s on %s: its caller gave up", request.id, topic)
+                return Outcome.SUCCESS
+            try:
+                async with asyncio.timeout(remaining):
+                    reply = await self._answer(request, replier)
+            except TimeoutError:
+                log.info("call %s on %s outlived its caller's time-out", request.id, topic)
+                return Outcome.SUCCESS
+            await self._reply(request, reply)
+            return Outcome.SUCCESS
+
+        return handle
+
+    def _durable_handler(
+        self, topic: str, replier: Replier, options: SubscriptionOptions, replies: Replies | None
+    ) -> Handler:
+        async def handle(request: Message) -> Outcome:
+            key = idempotency_key(request)
+            if replies is not None and (previous := await replies.recorded(key)) is not None:
+                log.info("request %s on %s was answered before; sending that reply", key, topic)
+                await self._reply_durably(request, previous)
+                return Outcome.SUCCESS
+            try:
+                reply = make_reply(request, await replier(request))
+            except Exception as exc:
+                if not options.retry.exhausted(request.attempt):
+                    raise
+                log.warning("request %s on %s failed on its last attempt", request.id, topic)
+                reply = error_reply(request, error_code(exc), str(exc))
+                await self._reply_durably(request, reply)
+                return Outcome.DROP
+            if replies is not None:
+                await replies.record(key, reply)
+            await self._reply_durably(request, reply)
+            return Outcome.SUCCESS
+
+        return handle
+
+    async def _answer(self, request: Message, replier: Replier) -> Message:
+        """The replier's answer to ``request``, or an error reply if it raised."""
+        try:
+            return make_reply(request, await replier(request))
+        except Exception as exc:
+            log.warning("replier failed on request %s", request.id, exc_info=True)
+            return error_reply(request, error_code(exc), str(exc) or type(exc).__name__)
+
+    async def _reply(self, request: Message, reply: Message) -> None:
+        if request.reply_to:
+            await self._send_reply(request.reply_to, reply)
+
+    async def _reply_durably(self, request: Message, reply: Message) -> None:
+        if request.reply_to:
+            await self.publish(request.reply_to, [replace(reply, id=request.id)])
+
+    async def _stop_serving(
+        self, subscription: Subscription, entry: Presence, replier: Replier
+    ) -> None:
         self._subscriptions.discard(subscription)
+        local = self._local_servers.get(entry.name, [])
+        if replier in local:
+            local.remove(replier)
+            if not local:
+                del self._local_servers[entry.name]
+        self._responders_seen.pop(entry.name, None)
         await self.withdraw(entry)
 
-    async def request(self, topic: str, message: Message, timeout: float) -> Message:
-        """Send a request to ``topic`` and wait for its reply (or NoResponders / RequestTimeout)."""
+    async def request(
+        self,
+        topic: str,
+        message: Message,
+        timeout: float,
+        *,
+        mode: RequestMode = RequestMode.CALL,
+    ) -> Message:
+        """Call ``topic`` and wait for its reply.
+
+        Raises :class:`NoResponders` at once when nobody serves the topic, :class:`RequestTimeout`,
+        :class:`RemoteError` for an error reply, :class:`ReplyLost` if the inbox lost its
+        connection while waiting.  Durable requests go through :meth:`submit`.
+        """
         validate_topic(topic)
+        if mode is not RequestMode.CALL:
+            raise InvalidArgument("request() makes calls; durable requests go through submit()")
         if not isinstance(message, Message):
             raise InvalidArgument("request takes a Message")
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise InvalidArgument("request timeout must be a positive number of seconds")
         await self._ready()
+        local = self._local_servers.get(topic)
+        if local:
+            return await self._call_locally(topic, local[0], message, timeout)
         if not await self._has_responders(topic):
             raise NoResponders(f"no live instance serves {topic!r}")
         inbox = await self._get_inbox()
         correlation_id, future = inbox.expect()
-        metadata = {**message.metadata, DEADLINE_KEY: f"{time.time() + timeout:.3f}"}
+        metadata = {**message.metadata, MODE_KEY: RequestMode.CALL.value}
+        metadata[TTL_KEY] = str(max(1, int(timeout * 1000)))
         outgoing = Message(
             data=message.data,
             metadata=metadata,
@@ -323,11 +462,70 @@ class BaseBroker(abc.ABC):
             correlation_id=correlation_id,
         )
         try:
-            await self._publish(topic, [outgoing])
+            await self._publish_call(topic, outgoing, timeout)
         except BaseException:
             future.cancel()
             raise
-        return await await_reply(future, topic, timeout)
+        return raise_for_error(await await_reply(future, topic, timeout))
+
+    async def _call_locally(
+        self, topic: str, replier: Replier, message: Message, timeout: float
+    ) -> Message:
+        """A call to a topic this broker serves itself: no broker round trip, same semantics."""
+        request = replace(message, topic=topic, correlation_id=message.correlation_id or "local")
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await self._answer(request, replier)
+        except TimeoutError:
+            raise RequestTimeout(f"no reply from {topic!r} within {timeout:g}s") from None
+        return raise_for_error(reply)
+
+    async def submit(
+        self,
+        topic: str,
+        message: Message,
+        *,
+        reply_to: str,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Publish a durable request; its reply will be published to the topic ``reply_to``.
+
+        Returns the request's id once the broker holds it durably; nobody needs to serve
+        ``topic`` yet (the request waits for its first server).
+        """
+        validate_topic(topic)
+        validate_topic(reply_to)
+        if not isinstance(message, Message):
+            raise InvalidArgument("submit takes a Message")
+        metadata = {**message.metadata, MODE_KEY: RequestMode.DURABLE.value}
+        if idempotency_key is not None:
+            if not isinstance(idempotency_key, str) or not idempotency_key:
+                raise InvalidArgument("idempotency key must be a non-empty string")
+            metadata[IDEMPOTENCY_KEY] = idempotency_key
+        outgoing = replace(
+            message, metadata=metadata, reply_to=reply_to, correlation_id=message.id, attempt=1
+        )
+        await self.publish(topic, [outgoing])
+        return outgoing.id
+
+    # -- hooks of request/reply a backend may refine -----------------------------------------
+
+    def _call_age(self, request: Message) -> float | None:
+        """Seconds ``request`` waited in the broker, on one clock; None when unknown.
+
+        Unknown means the server measures the time-to-live from the moment it took the call.
+        """
+        return None
+
+    async def _publish_call(self, topic: str, request: Message, ttl: float) -> None:
+        """Publish a call-mode request that is worthless after ``ttl`` seconds."""
+        await self._publish(topic, [request])
+
+    def _inbox_lost(self, reason: str) -> None:
+        """The inbox reconnected: replies sent meanwhile may be gone, so fail who waits for one."""
+        if self._inbox is not None and self._inbox.waiting:
+            log.warning("reply inbox lost its connection (%s); failing waiting requests", reason)
+            self._inbox.fail_all(ReplyLost(f"the reply inbox lost its connection: {reason}"))
 
     async def _get_inbox(self) -> Inbox:
         if self._inbox is None:
@@ -342,7 +540,7 @@ class BaseBroker(abc.ABC):
         now = time.monotonic()
         if self._responders_seen.get(topic, 0.0) > now:
             return True
-        if await self._list_presence(topic):
+        if any(is_service(p) for p in await self._list_presence(topic)):
             self._responders_seen[topic] = now + HEARTBEAT_INTERVAL
             return True
         return False
@@ -363,12 +561,12 @@ class BaseBroker(abc.ABC):
         if self._connected:
             await self._remove_presence(presence)
 
-    async def instances(self, name: str | None = None) -> list[Presence]:
-        """Live presence entries, of one name or all, oldest first."""
+    async def instances(self, name: str | None = None, kind: str | None = None) -> list[Presence]:
+        """Live presence entries, of one name or all, of one kind (``app``, ``service``) or all."""
         if name is not None:
             validate_topic(name)
         await self._ready()
-        entries = await self._list_presence(name)
+        entries = [p for p in await self._list_presence(name) if kind is None or p.kind == kind]
         return sorted(entries, key=lambda p: (p.name, p.started))
 
     async def _beat_forever(self) -> None:

@@ -14,7 +14,9 @@ layer maps this tree to Dapr's status codes and error codes in one place.
     │   └── BrokerClosed           the broker was used after close()
     └── RequestError               request/reply over the bus failed
         ├── NoResponders           no live instance serves the topic
-        └── RequestTimeout         no reply arrived within the time-out
+        ├── RequestTimeout         no reply arrived within the time-out
+        ├── ReplyLost              the inbox lost its connection while the reply was due
+        └── RemoteError            the server answered with an error reply (``code``, ``message``)
 """
 
 from __future__ import annotations
@@ -62,3 +64,20 @@ class NoResponders(RequestError):
 
 class RequestTimeout(RequestError, TimeoutError):
     """No reply arrived within the time-out."""
+
+
+class ReplyLost(RequestError):
+    """The caller's inbox lost its connection while a reply was due; the reply may be gone."""
+
+
+class RemoteError(RequestError):
+    """The server of a request answered with an error reply.
+
+    ``code`` is the server's machine-readable code (``INTERNAL``, ``REDELIVERED``, or the
+    ``code`` of the exception the replier raised) so the caller can map it to a status of its own.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message

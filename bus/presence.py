@@ -20,6 +20,12 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_TTL = 6.0
 
+# Apps and served topics live in separate namespaces: the kind travels in the entry's metadata,
+# which every backend stores, so an app and a service of one name never answer for each other.
+KIND_KEY = "omnibus-kind"
+APP = "app"
+SERVICE = "service"
+
 
 @dataclass(frozen=True, slots=True)
 class Presence:
@@ -38,6 +44,16 @@ class Presence:
         if not isinstance(self.metadata, MappingProxyType):
             object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
 
+    @property
+    def kind(self) -> str:
+        """``app`` (a running sidecar or app) or ``service`` (a topic served over request/reply)."""
+        return self.metadata.get(KIND_KEY, APP)
+
     def alive(self, now: float, ttl: float = HEARTBEAT_TTL) -> bool:
         """True if the last heartbeat is recent enough."""
         return now - self.last_beat <= ttl
+
+
+def is_service(entry: Presence) -> bool:
+    """True if ``entry`` announces a served topic."""
+    return entry.kind == SERVICE

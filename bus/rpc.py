@@ -1,26 +1,70 @@
-"""Request/reply on the bus: one inbox per broker, a map correlation id -> future.
+"""Request/reply on the bus: two request modes, one inbox per broker, error replies.
 
-A request is an ordinary message published to the service's topic with ``reply_to`` set to the
-caller's inbox address and a fresh ``correlation_id``.  The inbox is opened once, on the first
-request, and lives as long as the broker; replies resolve futures through the map, a done-callback
-removes the entry, and a time-out fails the future.  No lock is held around a call and nothing is
-subscribed per call, so any number of requests run at once.
+A request is a message published to the service's topic with ``reply_to`` set and a fresh
+``correlation_id``.  Two modes, chosen by the caller and stated in the request's metadata:
+
+- :attr:`RequestMode.CALL` (sync invocation, state): at most once.  The request carries its
+  time-to-live as a duration (``omnibus-ttl-ms``), never a wall-clock instant; a server skips a
+  request that waited longer than that (measured on the broker's clock where the backend can) and
+  never executes a redelivered one (it answers ``REDELIVERED`` instead).  ``reply_to`` is the
+  caller's private inbox, opened once per broker; replies resolve futures through a map
+  correlation id -> future, a done-callback removes the entry, a time-out fails the future.  No
+  lock is held around a call and nothing is subscribed per call.  Every call-mode server of a
+  topic competes in one group (:data:`CALL_GROUP`), so two groups never both execute one call.
+- :attr:`RequestMode.DURABLE` (async invocation): an ordinary at-least-once message whose
+  ``reply_to`` is a *topic*.  The server acks only after the reply is published there, RETRYs a
+  failure with the subscription's backoff, dead-letters after the last attempt (with an error
+  reply), and answers a request it already answered from its :class:`Replies` record instead of
+  running the work again (key: ``omnibus-idempotency-key``, else the message id).
+
+A replier that raises answers with an error reply at once: metadata ``omnibus-error`` = a code
+(the exception's ``code`` attribute, else ``INTERNAL``), data = the message; the caller raises
+:class:`~bus.errors.RemoteError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Protocol
 
-from bus.errors import RequestTimeout
+from bus.errors import RemoteError, RequestTimeout
 from bus.message import Message
 
 log = logging.getLogger("omnibus.bus.rpc")
 
 Replier = Callable[[Message], Awaitable[Message | bytes]]
+
+MODE_KEY = "omnibus-mode"
+TTL_KEY = "omnibus-ttl-ms"
+ERROR_KEY = "omnibus-error"
+IDEMPOTENCY_KEY = "omnibus-idempotency-key"
+CALL_GROUP = "omnibus-call"
+INTERNAL = "INTERNAL"
+REDELIVERED = "REDELIVERED"
+
+
+class RequestMode(enum.Enum):
+    """How a request travels; see the module docstring."""
+
+    CALL = "call"
+    DURABLE = "durable"
+
+
+class Replies(Protocol):
+    """Where a durable server records what it answered, so a redelivery is not run twice."""
+
+    async def recorded(self, key: str) -> Message | None:
+        """The reply recorded under ``key``, if any."""
+        ...
+
+    async def record(self, key: str, reply: Message) -> None:
+        """Record ``reply`` under ``key``."""
+        ...
 
 
 class Inbox:
@@ -74,3 +118,42 @@ def make_reply(request: Message, result: Message | bytes) -> Message:
     if isinstance(result, bytes):
         return Message(data=result, correlation_id=request.correlation_id)
     return replace(result, correlation_id=request.correlation_id, reply_to=None)
+
+
+def error_code(exc: BaseException) -> str:
+    """The code an error reply carries for ``exc``: its ``code`` attribute, else INTERNAL."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) and code else INTERNAL
+
+
+def error_reply(request: Message, code: str, text: str) -> Message:
+    """The error reply for ``request``."""
+    return Message(
+        data=text.encode("utf-8", "replace"),
+        metadata={ERROR_KEY: code},
+        correlation_id=request.correlation_id,
+    )
+
+
+def raise_for_error(reply: Message) -> Message:
+    """Return ``reply``, or raise :class:`RemoteError` if it is an error reply."""
+    code = reply.metadata.get(ERROR_KEY)
+    if code is not None:
+        raise RemoteError(code, reply.data.decode("utf-8", "replace"))
+    return reply
+
+
+def call_ttl(request: Message) -> float | None:
+    """The time-to-live a call-mode request carries, in seconds (None if it carries none)."""
+    raw = request.metadata.get(TTL_KEY)
+    if raw is None:
+        return None
+    try:
+        return max(0.0, int(raw) / 1000)
+    except ValueError:
+        return 0.0
+
+
+def idempotency_key(request: Message) -> str:
+    """The key under which a durable request's reply is recorded."""
+    return request.metadata.get(IDEMPOTENCY_KEY) or request.id

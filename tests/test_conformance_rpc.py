@@ -6,10 +6,18 @@ import asyncio
 
 import pytest
 
-from bus.errors import InvalidArgument, InvalidName, NoResponders, RequestTimeout
+from bus.envelope import Envelope, Headers
+from bus.errors import (
+    InvalidArgument,
+    InvalidName,
+    NoResponders,
+    RemoteError,
+    RequestTimeout,
+)
 from bus.message import Message
 from bus.options import RetryPolicy, SubscriptionOptions
-from bus.presence import Presence
+from bus.presence import SERVICE, Presence
+from bus.rpc import ERROR_KEY, REDELIVERED, RequestMode
 from tests.conftest import MakeBroker
 from tests.helpers import Collector, eventually
 
@@ -64,7 +72,8 @@ async def test_replicas_of_a_group_share_requests(make_broker: MakeBroker, topic
     await asyncio.gather(
         *(client.request(topic, Message(data=b"x"), timeout=15) for _ in range(200))
     )
-    assert served["first"] + served["second"] >= 200
+    # exactly once each: a call is at most once, and every one of them was answered
+    assert served["first"] + served["second"] == 200
     assert served["first"] > 0 and served["second"] > 0
 
 
@@ -165,3 +174,251 @@ async def test_browse_shows_held_messages_without_delivering(
     collector = Collector()
     await broker.subscribe(topic, collector, service())
     await collector.wait_for(3)
+
+
+# -- call mode: error replies, at most once, in-process, HTTP-shaped envelopes ------------------
+
+
+class Refused(Exception):
+    code = "REFUSED"
+
+
+async def test_a_replier_that_raises_answers_with_an_error_at_once(
+    make_broker: MakeBroker, topic: str
+) -> None:
+    server, client = await make_broker(), await make_broker()
+    calls = 0
+
+    async def failing(message: Message) -> bytes:
+        nonlocal calls
+        calls += 1
+        raise Refused("not today")
+
+    await server.serve(topic, failing, service())
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(RemoteError) as caught:
+        await client.request(topic, Message(data=b"x"), timeout=20)
+    assert (caught.value.code, caught.value.message) == ("REFUSED", "not today")
+    assert asyncio.get_running_loop().time() - started < 5  # not after a time-out
+    assert calls == 1  # not retried
+
+
+async def test_an_unexpected_error_is_an_internal_error_reply(
+    make_broker: MakeBroker, topic: str
+) -> None:
+    server, client = await make_broker(), await make_broker()
+
+    async def broken(message: Message) -> bytes:
+        raise RuntimeError("boom")
+
+    await server.serve(topic, broken, service())
+    with pytest.raises(RemoteError) as caught:
+        await client.request(topic, Message(data=b"x"), timeout=20)
+    assert caught.value.code == "INTERNAL"
+
+
+async def test_two_groups_serving_one_topic_never_both_run_a_call(
+    make_broker: MakeBroker, topic: str
+) -> None:
+    first, second, client = await make_broker(), await make_broker(), await make_broker()
+    runs: list[str] = []
+
+    def server(name: str):  # type: ignore[no-untyped-def]
+        async def handle(message: Message) -> bytes:
+            runs.append(message.data.decode())
+            return name.encode()
+
+        return handle
+
+    await first.serve(topic, server("a"), service("group-a"))
+    await second.serve(topic, server("b"), service("group-b"))
+    payloads = [f"call-{i}" for i in range(40)]
+    await asyncio.gather(
+        *(client.request(topic, Message(data=p.encode()), timeout=15) for p in payloads)
+    )
+    assert sorted(runs) == sorted(payloads)  # each call ran exactly once
+
+
+async def test_a_call_served_in_process_skips_the_broker(
+    make_broker: MakeBroker, topic: str
+) -> None:
+    broker = await make_broker()
+    seen: list[Message] = []
+
+    async def echo(message: Message) -> bytes:
+        seen.append(message)
+        return message.data
+
+    await broker.serve(topic, echo, service())
+    reply = await broker.request(topic, Message(data=b"local"), timeout=5)
+    assert reply.data == b"local"
+    assert seen[0].reply_to is None  # handed over directly, never published
+
+
+async def test_a_stopped_server_is_gone_at_once_for_its_own_process(
+    make_broker: MakeBroker, topic: str
+) -> None:
+    server, client = await make_broker(), await make_broker()
+    subscription = await server.serve(topic, upper, service())
+    assert (await client.request(topic, Message(data=b"a"), timeout=10)).data == b"A"
+    assert (await server.request(topic, Message(data=b"b"), timeout=10)).data == b"B"
+    await subscription.stop()
+    with pytest.raises(NoResponders):
+        await server.request(topic, Message(data=b"x"), timeout=10)
+
+
+async def test_services_and_apps_are_separate_namespaces(
+    make_broker: MakeBroker, topic: str
+) -> None:
+    app, client = await make_broker(), await make_broker()
+    await app.announce(Presence(name=topic, instance=app.instance))  # an app, not a service
+    with pytest.raises(NoResponders):
+        await client.request(topic, Message(data=b"x"), timeout=10)
+    await app.serve(topic, upper, service())
+    [entry] = await client.instances(topic, kind=SERVICE)
+    assert entry.kind == SERVICE
+
+
+async def test_envelopes_of_several_mebibytes_travel_both_ways(
+    make_broker: MakeBroker, topic: str
+) -> None:
+    server, client = await make_broker(), await make_broker()
+    body = bytes(range(256)) * (16 * 1024)  # 4 MiB, every byte value
+
+    async def reverse(message: Message) -> bytes:
+        request = Envelope.decode(message.data)
+        headers = Headers([("Set-Cookie", "a=1"), ("set-cookie", "b=2")])
+        return Envelope(status=201, headers=headers, body=request.body[::-1]).encode()
+
+    await server.serve(topic, reverse, service())
+    request = Envelope(headers=Headers({"X-Id": "1"}), body=body, attributes={"method": "POST"})
+    reply = Envelope.decode((await client.request(topic, Message(request.encode()), 30)).data)
+    assert reply.status == 201
+    assert reply.headers.get_all("SET-COOKIE") == ["a=1", "b=2"]
+    assert reply.body == body[::-1]
+
+
+async def test_a_redelivered_call_is_refused_not_run_twice(
+    make_broker: MakeBroker, topic: str
+) -> None:
+    # Given a call whose first server took it and then vanished without answering
+    server, client = await make_broker(), await make_broker()
+    runs = 0
+    stuck = asyncio.Event()
+
+    async def hang_first(message: Message) -> bytes:
+        nonlocal runs
+        runs += 1
+        stuck.set()
+        await asyncio.sleep(30)
+        return b"never"
+
+    options = SubscriptionOptions(group="svc", processing_timeout=1.0)
+    await server.serve(topic, hang_first, options)
+    call = asyncio.create_task(client.request(topic, Message(data=b"x"), timeout=20))
+    await asyncio.wait_for(stuck.wait(), 10)
+    # When its handler's lease runs out and the call is delivered again
+    # Then the caller hears REDELIVERED and the work did not run a second time
+    with pytest.raises(RemoteError) as caught:
+        await call
+    assert caught.value.code == REDELIVERED
+    assert runs == 1
+
+
+# -- durable mode ------------------------------------------------------------------------------
+
+
+class Record:
+    """A Replies record in memory, as the invocation layer keeps one durably."""
+
+    def __init__(self) -> None:
+        self.replies: dict[str, Message] = {}
+
+    async def recorded(self, key: str) -> Message | None:
+        return self.replies.get(key)
+
+    async def record(self, key: str, reply: Message) -> None:
+        self.replies[key] = reply
+
+
+def durable(group: str = "svc", attempts: int = 3) -> SubscriptionOptions:
+    retry = RetryPolicy(max_attempts=attempts, initial_interval=0.05, max_interval=0.1, jitter=0)
+    return SubscriptionOptions(group=group, processing_timeout=5.0, retry=retry)
+
+
+async def test_a_durable_request_waits_for_its_server_and_replies_to_a_topic(
+    make_broker: MakeBroker, topic: str
+) -> None:
+    client, server = await make_broker(), await make_broker()
+    replies = Collector()
+    await client.subscribe(f"{topic}.replies", replies, service("caller"))
+    request_id = await client.submit(
+        topic, Message(data=b"later"), reply_to=f"{topic}.replies"
+    )  # nobody serves the topic yet
+    await server.serve(topic, upper, durable(), mode=RequestMode.DURABLE)
+    [reply] = await replies.wait_for(1)
+    assert (reply.id, reply.data) == (request_id, b"LATER")
+
+
+async def test_a_durable_failure_is_retried_then_answered(
+    make_broker: MakeBroker, topic: str
+) -> None:
+    client, server = await make_broker(), await make_broker()
+    attempts: list[int] = []
+
+    async def flaky(message: Message) -> bytes:
+        attempts.append(message.attempt)
+        if message.attempt < 3:
+            raise RuntimeError("not yet")
+        return b"done"
+
+    replies = Collector()
+    await client.subscribe(f"{topic}.replies", replies, service("caller"))
+    await server.serve(topic, flaky, durable(attempts=5), mode=RequestMode.DURABLE)
+    await client.submit(topic, Message(data=b"x"), reply_to=f"{topic}.replies")
+    [reply] = await replies.wait_for(1)
+    assert reply.data == b"done" and ERROR_KEY not in reply.metadata
+    assert attempts == [1, 2, 3]
+
+
+async def test_a_durable_request_out_of_attempts_is_answered_and_dead_lettered(
+    make_broker: MakeBroker, topic: str
+) -> None:
+    client, server = await make_broker(), await make_broker()
+
+    async def failing(message: Message) -> bytes:
+        raise Refused("never")
+
+    replies, dead = Collector(), Collector()
+    await client.subscribe(f"{topic}.replies", replies, service("caller"))
+    await client.subscribe(f"{topic}.deadletter", dead, service("dlq"))
+    await server.serve(topic, failing, durable(attempts=2), mode=RequestMode.DURABLE)
+    request_id = await client.submit(topic, Message(data=b"x"), reply_to=f"{topic}.replies")
+    [reply] = await replies.wait_for(1)
+    assert reply.metadata[ERROR_KEY] == "REFUSED"
+    [letter] = await dead.wait_for(1)
+    assert letter.id == request_id
+
+
+async def test_a_durable_request_already_answered_is_not_run_again(
+    make_broker: MakeBroker, topic: str
+) -> None:
+    client, server = await make_broker(), await make_broker()
+    runs = 0
+
+    async def count(message: Message) -> bytes:
+        nonlocal runs
+        runs += 1
+        return b"ran"
+
+    record = Record()
+    replies = Collector()
+    await client.subscribe(f"{topic}.replies", replies, service("caller"))
+    await server.serve(topic, count, durable(), mode=RequestMode.DURABLE, replies=record)
+    for _ in range(2):  # the same idempotency key submitted twice
+        await client.submit(
+            topic, Message(data=b"x"), reply_to=f"{topic}.replies", idempotency_key="order-7"
+        )
+    received = await replies.wait_for(2)
+    assert [r.data for r in received] == [b"ran", b"ran"]
+    assert runs == 1
