@@ -38,7 +38,7 @@ from benchmarks.services import RedisServer
 from bus.message import Message, Outcome
 from bus.options import SubscriptionOptions
 from bus.redis import RedisBroker
-from bus.redis_settings import RedisSettings
+from bus.redis.settings import RedisSettings
 
 BATCH = 100
 PUBLISHERS = 4

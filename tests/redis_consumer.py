@@ -16,7 +16,7 @@ import os
 from bus.message import Message, Outcome
 from bus.options import SubscriptionOptions
 from bus.redis import RedisBroker
-from bus.redis_settings import RedisSettings
+from bus.redis.settings import RedisSettings
 
 
 async def consume(args: argparse.Namespace) -> None:

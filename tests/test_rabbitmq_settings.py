@@ -10,18 +10,15 @@ import pytest
 from bus.errors import ConfigError, InvalidName
 from bus.message import Message
 from bus.rabbitmq import (
-    ACK_BATCH,
-    ACK_LINGER,
     DEFAULT_URL,
     RETRY_LADDER_MS,
     RabbitSettings,
-    _Delivery,
-    _RabbitSource,
     held_name,
     queue_name,
     retry_queue_name,
-    retry_rung,
 )
+from bus.rabbitmq._source import ACK_BATCH, ACK_LINGER, RabbitDelivery, RabbitSource
+from bus.rabbitmq._wire import retry_rung
 
 
 def test_defaults_are_the_safe_ones() -> None:
@@ -113,9 +110,9 @@ class _Channel:
         self.acks.append((delivery_tag, multiple))
 
 
-def _source_with(channel: _Channel, tags: list[int]) -> tuple[_RabbitSource, list[_Delivery]]:
-    source = _RabbitSource(None, "t", None, None)  # type: ignore[arg-type]
-    deliveries = [_Delivery(Message(data=b""), channel, tag) for tag in tags]  # type: ignore[arg-type]
+def _source_with(channel: _Channel, tags: list[int]) -> tuple[RabbitSource, list[RabbitDelivery]]:
+    source = RabbitSource(None, "t", None, None)  # type: ignore[arg-type]
+    deliveries = [RabbitDelivery(Message(data=b""), channel, tag) for tag in tags]  # type: ignore[arg-type]
     source._unsettled[channel] = dict.fromkeys(tags)  # type: ignore[index]
     return source, deliveries
 

@@ -22,7 +22,7 @@ from bus.errors import BrokerError, BrokerUnavailable, ConfigError
 from bus.message import Message, Outcome
 from bus.options import RetryPolicy, SubscriptionOptions
 from bus.redis import RedisBroker
-from bus.redis_settings import RedisSettings
+from bus.redis.settings import RedisSettings
 from tests.backends import missing_service
 from tests.backends.redis import RedisServer, free_port, redis_available
 from tests.helpers import Collector, eventually

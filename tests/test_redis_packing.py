@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
-from bus.redis_wire import PackedConnection
+from bus.redis._wire import PackedConnection
 
 COMMANDS: list[tuple[Any, ...]] = [
     ("XADD", "orders", "*", "data", b"\x00\x01binary", "metadata", b'{"a":1}'),

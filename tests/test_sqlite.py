@@ -17,7 +17,7 @@ from bus.errors import BrokerUnavailable, ConfigError
 from bus.message import Message
 from bus.options import SubscriptionOptions
 from bus.sqlite import SqliteBroker, SqliteSettings, default_path
-from bus.sqlite_store import SqliteStore
+from bus.sqlite._store import SqliteStore
 from tests.helpers import Collector, eventually
 
 ROOT = Path(__file__).resolve().parent.parent

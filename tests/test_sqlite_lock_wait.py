@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.sqlite_store import SqliteStore
+from bus.sqlite._store import SqliteStore
 
 
 def _holder(path: Path) -> sqlite3.Connection:

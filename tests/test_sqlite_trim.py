@@ -7,8 +7,9 @@ from pathlib import Path
 
 from bus.message import Message
 from bus.options import SubscriptionOptions
-from bus.sqlite import TRIM_CHUNK, SqliteBroker, SqliteSettings
-from bus.sqlite_store import SqliteStore
+from bus.sqlite import SqliteBroker, SqliteSettings
+from bus.sqlite._store import SqliteStore
+from bus.sqlite.broker import TRIM_CHUNK
 from tests.helpers import Collector
 
 

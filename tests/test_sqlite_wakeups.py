@@ -9,7 +9,7 @@ from typing import Any
 from bus.message import Message, Outcome
 from bus.options import RetryPolicy, SubscriptionOptions
 from bus.sqlite import SqliteBroker, SqliteSettings
-from bus.sqlite_store import SqliteStore
+from bus.sqlite._store import SqliteStore
 from tests.helpers import Collector, eventually
 
 

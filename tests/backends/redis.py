@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from bus.redis import RedisBroker
-from bus.redis_settings import RedisSettings
+from bus.redis.settings import RedisSettings
 from tests.backends import BackendEnv, missing_service
 
 

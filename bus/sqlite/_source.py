@@ -6,21 +6,42 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from bus.errors import BrokerClosed
 from bus.options import SubscriptionOptions
-from bus.sqlite_schema import SqliteDelivery
+from bus.sqlite._schema import SqliteDelivery
+from bus.sqlite._store import SqliteStore
+from bus.sqlite.settings import SqliteSettings
 
-if TYPE_CHECKING:
-    from bus.sqlite import SqliteBroker
+T = TypeVar("T")
 
 
-class _SqliteSource:
+class FileHost(Protocol):
+    """What a source needs of its broker (the broker imports the source, never the reverse)."""
+
+    instance: str
+    settings: SqliteSettings
+    store: SqliteStore
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the database thread."""
+
+    def touched(self, topic: str) -> None:
+        """Note acks on ``topic`` for the next trim."""
+
+    def changed(self, topic: str) -> None:
+        """Wake the consumers of ``topic`` here and in other processes."""
+
+    def forget(self, topic: str, wake: asyncio.Event) -> None:
+        """Stop waking ``wake``."""
+
+
+class SqliteSource:
     """One consumer of a group; consumers of the same group (in any process) compete."""
 
-    def __init__(self, broker: SqliteBroker, topic: str, options: SubscriptionOptions) -> None:
+    def __init__(self, broker: FileHost, topic: str, options: SubscriptionOptions) -> None:
         self._broker = broker
         self._topic = topic
         self._group = options.group

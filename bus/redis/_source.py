@@ -9,17 +9,17 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from redis import exceptions as rexc
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
 from bus.message import Message
 from bus.options import SubscriptionOptions
-from bus.redis_wire import _NETWORK, _pairs, _reconnecting, decode, encode
-
-if TYPE_CHECKING:
-    from bus.redis import RedisBroker
+from bus.redis._scripts import Scripts
+from bus.redis._wire import NETWORK_ERRORS, decode, encode, pairs, reconnecting
+from bus.redis.settings import RedisSettings
 
 log = logging.getLogger("omnibus.bus.redis")
 
@@ -27,15 +27,33 @@ T = TypeVar("T")
 
 
 @dataclass(slots=True)
-class _RedisDelivery:
+class RedisDelivery:
     message: Message
     entry_id: bytes
 
 
-class _RedisSource:
+class StreamHost(Protocol):
+    """What a source needs of its broker (the broker imports the source, never the reverse)."""
+
+    instance: str
+    settings: RedisSettings
+
+    @property
+    def client(self) -> Redis:
+        """The shared client (pooled connections)."""
+
+    @property
+    def scripts(self) -> Scripts:
+        """The Lua scripts, loaded."""
+
+    async def trim(self, topic: str) -> None:
+        """Trim ``topic`` to what some group still needs."""
+
+
+class RedisSource:
     """One consumer (this instance) of one group on one stream."""
 
-    def __init__(self, broker: RedisBroker, topic: str, options: SubscriptionOptions) -> None:
+    def __init__(self, broker: StreamHost, topic: str, options: SubscriptionOptions) -> None:
         self._broker = broker
         self._redis = broker.client
         self._topic = topic
@@ -52,7 +70,7 @@ class _RedisSource:
         self._next_due = 0.0
         self._local_due = math.inf
         self._next_trim = 0.0
-        self._reading = _reconnecting(f"reading {topic}")
+        self._reading = reconnecting(f"reading {topic}")
         self._reader: AbstractConnection | None = None  # the blocking reads' own connection
 
     async def create_group(self) -> None:
@@ -63,18 +81,18 @@ class _RedisSource:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def fetch(self, limit: int) -> Sequence[_RedisDelivery]:
+    async def fetch(self, limit: int) -> Sequence[RedisDelivery]:
         """Due retries and reclaimed entries first, then new entries (blocking briefly)."""
         try:  # the common case without tenacity's bookkeeping: it runs once per read
             return await self._fetch_bounded(limit)
-        except _NETWORK:  # the connection is down: back off and retry until it is back
+        except NETWORK_ERRORS:  # the connection is down: back off and retry until it is back
             return await self._reading(self._fetch_bounded, limit)
 
-    async def _fetch_bounded(self, limit: int) -> list[_RedisDelivery]:
+    async def _fetch_bounded(self, limit: int) -> list[RedisDelivery]:
         async with asyncio.timeout(self._block + self._io_timeout):
             return await self._fetch_once(limit)
 
-    async def _fetch_once(self, limit: int) -> list[_RedisDelivery]:
+    async def _fetch_once(self, limit: int) -> list[RedisDelivery]:
         try:
             now = time.monotonic()
             if now >= min(self._next_claim, self._next_due):
@@ -110,7 +128,7 @@ class _RedisSource:
         # default), [[stream, [...]]] in RESP2
         entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
         return [
-            _RedisDelivery(decode(self._topic, entry_id, _pairs(fields), 1), entry_id)
+            RedisDelivery(decode(self._topic, entry_id, pairs(fields), 1), entry_id)
             for entry_id, fields in entries
             if fields is not None
         ]
@@ -128,7 +146,7 @@ class _RedisSource:
         await self._reader.send_command(*args)
         return await self._reader.read_response()
 
-    async def _claim(self, limit: int, *, idle: bool) -> list[_RedisDelivery]:
+    async def _claim(self, limit: int, *, idle: bool) -> list[RedisDelivery]:
         # Retries scheduled while the script runs may miss its answer: remember them apart.
         self._local_due = math.inf
         reply = await self._broker.scripts.claim(
@@ -159,13 +177,13 @@ class _RedisSource:
             )
         rest = reply[2:]
         return [
-            _RedisDelivery(
-                decode(self._topic, rest[i], _pairs(rest[i + 1]), int(rest[i + 2])), rest[i]
+            RedisDelivery(
+                decode(self._topic, rest[i], pairs(rest[i + 1]), int(rest[i + 2])), rest[i]
             )
             for i in range(0, len(rest), 3)
         ]
 
-    async def ack(self, deliveries: Sequence[_RedisDelivery]) -> None:
+    async def ack(self, deliveries: Sequence[RedisDelivery]) -> None:
         """One XACK for the whole batch; then trim the stream now and then."""
         ids = [d.entry_id for d in deliveries]
         await self._settling("acking", self._redis.xack, self._topic, self._group, *ids)
@@ -173,7 +191,7 @@ class _RedisSource:
             self._next_trim = time.monotonic() + self._trim_every
             await self._broker.trim(self._topic)
 
-    async def retry(self, delivery: _RedisDelivery, delay: float) -> None:
+    async def retry(self, delivery: RedisDelivery, delay: float) -> None:
         """Record when the entry is due again; it stays pending meanwhile."""
         due_ms = int((time.time() + delay) * 1000)
         await self._settling(
@@ -183,7 +201,7 @@ class _RedisSource:
         self._next_due = min(self._next_due, due)
         self._local_due = min(self._local_due, due)
 
-    async def dead_letter(self, delivery: _RedisDelivery, topic: str) -> None:
+    async def dead_letter(self, delivery: RedisDelivery, topic: str) -> None:
         """XADD to ``topic``, XACK and forget the retry record, in one script."""
         data, meta = encode(delivery.message)
         await self._settling(
@@ -199,7 +217,7 @@ class _RedisSource:
             ],
         )
 
-    async def release(self, deliveries: Sequence[_RedisDelivery]) -> None:
+    async def release(self, deliveries: Sequence[RedisDelivery]) -> None:
         """Make unsettled deliveries due at once, for any consumer of the group."""
         now_ms = int(time.time() * 1000)
         async with asyncio.timeout(self._io_timeout):  # shutdown must not hang on a dead link
@@ -226,6 +244,6 @@ class _RedisSource:
 
         try:
             return await attempt()
-        except _NETWORK:  # the connection is down: back off and retry for a while
-            retrying = _reconnecting(f"{what} on {self._topic}", give_up_after=self._interval)
+        except NETWORK_ERRORS:  # the connection is down: back off and retry for a while
+            retrying = reconnecting(f"{what} on {self._topic}", give_up_after=self._interval)
             return await retrying(attempt)

@@ -2,7 +2,7 @@
 
 The storage layout, the durability choices and the wake-up scheme are described in
 :mod:`bus.sqlite`; this module holds the SQL that implements them (the tables are in
-:mod:`bus.sqlite_schema`), and nothing here is async.
+:mod:`bus.sqlite._schema`), and nothing here is async.
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ import orjson
 from bus.errors import BrokerClosed
 from bus.message import Message
 from bus.presence import HEARTBEAT_TTL, Presence
-from bus.sqlite_schema import SqliteDelivery, _message, begin_immediate, connect, encode_metadata
+from bus.sqlite._schema import (
+    SqliteDelivery,
+    begin_immediate,
+    connect,
+    encode_metadata,
+    row_message,
+)
 
 INBOX_TTL = 3600.0  # seconds an unclaimed reply is kept
 PRESENCE_SWEEP = HEARTBEAT_TTL * 10
@@ -164,7 +170,7 @@ class SqliteStore:
                     "WHERE topic = ? AND grp = ? AND seq = ?",
                     [(row[1], consumer, now + lease, topic, group, row[0]) for row in due],
                 )
-                out.extend(SqliteDelivery(_message(r[2:], topic, r[1]), r[0]) for r in due)
+                out.extend(SqliteDelivery(row_message(r[2:], topic, r[1]), r[0]) for r in due)
             if len(out) < limit:
                 out.extend(
                     self._claim_new(db, topic, group, consumer, limit - len(out), now + lease)
@@ -194,7 +200,7 @@ class SqliteStore:
             "UPDATE groups SET cursor = ? WHERE topic = ? AND grp = ?",
             (rows[-1][0] + 1, topic, group),
         )
-        return [SqliteDelivery(_message(row[1:], topic, 1), row[0]) for row in rows]
+        return [SqliteDelivery(row_message(row[1:], topic, 1), row[0]) for row in rows]
 
     def ack(self, topic: str, group: str, seqs: Sequence[int]) -> None:
         """Forget the deliveries of ``seqs``: their messages are done for the group."""
@@ -308,7 +314,7 @@ class SqliteStore:
             "WHERE topic = ? ORDER BY seq LIMIT ?",
             (topic, limit),
         ).fetchall()
-        return [_message(row, topic, 1) for row in rows]
+        return [row_message(row, topic, 1) for row in rows]
 
     def retained(self, topic: str) -> int:
         """How many messages the topic holds."""
@@ -327,7 +333,7 @@ class SqliteStore:
                 "RETURNING id, data, metadata, NULL, correlation_id, seq",
                 (address,),
             ).fetchall()
-            return [_message(row, "", 1) for row in sorted(rows, key=lambda r: r[5])]
+            return [row_message(row, "", 1) for row in sorted(rows, key=lambda r: r[5])]
         return []
 
     def beat(self, entries: Sequence[Presence]) -> None:

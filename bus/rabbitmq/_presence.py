@@ -22,7 +22,7 @@ from aio_pika.abc import (
 
 from bus.errors import BrokerUnavailable
 from bus.presence import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, Presence
-from bus.rabbitmq_wire import CLOSE_TIMEOUT
+from bus.rabbitmq._wire import CLOSE_TIMEOUT
 
 log = logging.getLogger("omnibus.bus.rabbitmq")
 
@@ -30,7 +30,7 @@ PRESENCE_EXCHANGE = "omnibus@presence"
 PRESENCE_ROLL = "omnibus@presence@roll"
 
 
-class _PresenceBoard:
+class PresenceBoard:
     """The presence table of one broker, fed by the beats every broker fans out."""
 
     def __init__(self, connection: AbstractRobustConnection, instance: str) -> None:

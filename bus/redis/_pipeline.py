@@ -8,12 +8,12 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bus.errors import BrokerClosed, PublishError
-from bus.redis_wire import _translate
+from bus.redis._wire import translate
 
 _Batch = list[tuple[list[tuple[Any, ...]], asyncio.Future[list[Any]]]]
 
 
-class _Pipeliner:
+class Pipeliner:
     """Sends the commands of concurrent callers as one pipeline; each caller gets its replies.
 
     Commands queued while pipelines are in flight go out together in the next one; up to
@@ -58,7 +58,7 @@ class _Pipeliner:
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
             error = (
-                _translate(exc, "sending a pipeline")
+                translate(exc, "sending a pipeline")
                 if isinstance(exc, Exception)
                 else BrokerClosed("the broker was closed during a publish")
             )

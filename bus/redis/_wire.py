@@ -22,7 +22,7 @@ log = logging.getLogger("omnibus.bus.redis")
 META_ID = "omnibus-id"
 META_REPLY_TO = "omnibus-reply-to"
 META_CORRELATION = "omnibus-correlation-id"
-_NETWORK = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+NETWORK_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
 
 
 class _HiredisPacking:
@@ -89,22 +89,22 @@ def decode(topic: str, entry_id: bytes, fields: Mapping[bytes, bytes], attempt: 
     )
 
 
-async def _call(client: Redis, *args: Any) -> Any:
+async def call_raw(client: Redis, *args: Any) -> Any:
     """One raw command (its reply as redis-py parses it)."""
     return await client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
-def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+def pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def _translate(exc: Exception, doing: str) -> BrokerError:
-    if isinstance(exc, _NETWORK):
+def translate(exc: Exception, doing: str) -> BrokerError:
+    if isinstance(exc, NETWORK_ERRORS):
         return BrokerUnavailable(f"Redis unreachable while {doing}: {exc}")
     return BrokerError(f"Redis failed while {doing}: {exc}")
 
 
-def _reconnecting(what: str, give_up_after: float | None = None) -> tenacity.AsyncRetrying:
+def reconnecting(what: str, give_up_after: float | None = None) -> tenacity.AsyncRetrying:
     """Retry on network errors with exponential backoff (forever, or for ``give_up_after`` s)."""
 
     def warn(state: tenacity.RetryCallState) -> None:
@@ -114,7 +114,7 @@ def _reconnecting(what: str, give_up_after: float | None = None) -> tenacity.Asy
         tenacity.stop_never if give_up_after is None else tenacity.stop_after_delay(give_up_after)
     )
     return tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_exception_type(_NETWORK),
+        retry=tenacity.retry_if_exception_type(NETWORK_ERRORS),
         wait=tenacity.wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
         stop=stop,
         before_sleep=warn,
@@ -122,7 +122,7 @@ def _reconnecting(what: str, give_up_after: float | None = None) -> tenacity.Asy
     )
 
 
-def _encode_reply(reply: Message) -> bytes:
+def encode_reply(reply: Message) -> bytes:
     header = {
         "id": reply.id,
         "correlation_id": reply.correlation_id,
@@ -131,7 +131,7 @@ def _encode_reply(reply: Message) -> bytes:
     return orjson.dumps(header) + b"\n" + reply.data
 
 
-def _decode_reply(payload: bytes) -> Message:
+def decode_reply(payload: bytes) -> Message:
     header, _, data = payload.partition(b"\n")
     fields = orjson.loads(header)
     return Message(

@@ -88,7 +88,7 @@ def encode_metadata(metadata: Mapping[str, str]) -> bytes | None:
     return orjson.dumps(dict(metadata)) if metadata else None
 
 
-def _message(row: Sequence[Any], topic: str, attempt: int) -> Message:
+def row_message(row: Sequence[Any], topic: str, attempt: int) -> Message:
     """A Message from ``(id, data, metadata, reply_to, correlation_id)``."""
     return Message(
         id=row[0],

@@ -1,30 +1,6 @@
-"""The Redis Streams broker, wire-compatible with Dapr's ``pubsub.redis``.
+"""The Redis Streams broker: request/reply, presence and the topology of a topic.
 
-Storage layout (one Redis database; each key with its lifetime):
-
-- ``<topic>`` (stream; kept until trimmed): one entry per message, field ``data`` = the message
-  bytes, field ``metadata`` = a JSON object of strings: the message metadata plus ``omnibus-id``
-  (our message id) and, on requests, ``omnibus-reply-to`` / ``omnibus-correlation-id``.  An entry
-  with only ``data`` (from a Dapr sidecar) gets its stream entry id as message id.
-  Consumer group = subscription group, created at ``0`` (a new group reads everything retained);
-  consumer = the broker's instance name, so each instance has its own pending list.  Trimmed with
-  ``XTRIM MINID`` to the oldest entry some group still needs (its oldest pending entry, else the
-  one after its last delivered entry); ``MAXLEN ~`` on publish only if ``maxLenApprox`` is set.
-- ``omnibus:retry:<topic>:<group>`` (sorted set; while retries wait): entry id -> unix ms when a
-  RETRY, or a delivery handed back at shutdown, is due again.  The entry stays pending meanwhile;
-  the first consumer of the group to look once it is due claims it (XCLAIM) and delivers it with
-  attempt = its delivery count.  The reclaim of entries idle past processingTimeout (dead
-  consumers) skips entries that have a due time in the future.
-- ``omnibus:inbox:<instance>.<random>`` (Pub/Sub channel; the broker's life): replies to this
-  broker's requests, each a JSON header line followed by the data bytes.
-- ``omnibus:presence:names`` (sorted set) name -> last beat; ``omnibus:presence:beats:<name>``
-  (sorted set) instance -> last beat; ``omnibus:presence:info:<name>`` (hash) instance -> JSON
-  (address, started, metadata).  Beats refresh a ten-TTL expiry on the per-name keys; listings
-  ignore beats older than the heartbeat TTL.
-
-This module holds the broker, request/reply and presence; ``redis_settings`` parses the
-component, ``redis_wire`` encodes and decodes entries and replies, ``redis_pipeline`` batches
-concurrent commands, ``redis_scripts`` holds the Lua scripts and ``redis_source`` consumes a group.
+The storage layout is described in the package docstring (:mod:`bus.redis`).
 """
 
 from __future__ import annotations
@@ -50,34 +26,21 @@ from bus.errors import BrokerClosed
 from bus.message import Message
 from bus.options import SubscriptionOptions
 from bus.presence import HEARTBEAT_TTL, Presence
-from bus.redis_pipeline import _Pipeliner
-from bus.redis_scripts import _Scripts
-from bus.redis_settings import RedisSettings
-from bus.redis_source import _RedisSource
-from bus.redis_wire import (
-    _NETWORK,
-    META_CORRELATION,
-    META_ID,
-    META_REPLY_TO,
+from bus.redis._pipeline import Pipeliner
+from bus.redis._scripts import Scripts
+from bus.redis._source import RedisSource
+from bus.redis._wire import (
+    NETWORK_ERRORS,
     PackedConnection,
     PackedSSLConnection,
-    _call,
-    _decode_reply,
-    _encode_reply,
-    _translate,
+    call_raw,
     decode,
+    decode_reply,
     encode,
+    encode_reply,
+    translate,
 )
-
-__all__ = [
-    "META_CORRELATION",
-    "META_ID",
-    "META_REPLY_TO",
-    "RedisBroker",
-    "RedisSettings",
-    "decode",
-    "encode",
-]
+from bus.redis.settings import RedisSettings
 
 log = logging.getLogger("omnibus.bus.redis")
 
@@ -97,8 +60,8 @@ class RedisBroker(BaseBroker):
         super().__init__(instance=instance, drain_timeout=drain_timeout)
         self.settings = settings if settings is not None else RedisSettings()
         self._client: Redis | None = None
-        self._pipeliner: _Pipeliner | None = None
-        self._scripts: _Scripts | None = None
+        self._pipeliner: Pipeliner | None = None
+        self._scripts: Scripts | None = None
         self._pubsub: PubSub | None = None
         self._inbox_task: asyncio.Task[None] | None = None
 
@@ -110,7 +73,7 @@ class RedisBroker(BaseBroker):
         return self._client
 
     @property
-    def scripts(self) -> _Scripts:
+    def scripts(self) -> Scripts:
         """The registered Lua scripts."""
         if self._scripts is None:
             raise BrokerClosed("the Redis broker is not connected")
@@ -142,10 +105,10 @@ class RedisBroker(BaseBroker):
             await client.ping()
         except Exception as exc:
             await client.aclose()
-            raise _translate(exc, f"connecting to {s.address}") from exc
+            raise translate(exc, f"connecting to {s.address}") from exc
         self._client = client
-        self._pipeliner = _Pipeliner(client, s.read_timeout + s.write_timeout)
-        self._scripts = _Scripts(client)
+        self._pipeliner = Pipeliner(client, s.read_timeout + s.write_timeout)
+        self._scripts = Scripts(client)
 
     async def _disconnect(self) -> None:
         if self._inbox_task is not None:
@@ -178,11 +141,11 @@ class RedisBroker(BaseBroker):
         await self._send(commands)
 
     async def _open_source(self, topic: str, options: SubscriptionOptions) -> Source[Any]:
-        source = _RedisSource(self, topic, options)
+        source = RedisSource(self, topic, options)
         try:
             await source.create_group()
         except Exception as exc:
-            raise _translate(exc, f"creating group {options.group} on {topic}") from exc
+            raise translate(exc, f"creating group {options.group} on {topic}") from exc
         return source
 
     async def trim(self, topic: str) -> None:
@@ -195,7 +158,7 @@ class RedisBroker(BaseBroker):
             low = await self.scripts.low_water(keys=[topic], args=[0])
         except rexc.ResponseError:  # no such stream
             return []
-        entries: Any = await _call(self.client, "XRANGE", topic, low or "-", "+", "COUNT", limit)
+        entries: Any = await call_raw(self.client, "XRANGE", topic, low or "-", "+", "COUNT", limit)
         return [decode(topic, entry_id, fields, 1) for entry_id, fields in entries]
 
     # -- request/reply ----------------------------------------------------------------------
@@ -214,7 +177,7 @@ class RedisBroker(BaseBroker):
             try:
                 item = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 failures = 0
-            except _NETWORK:
+            except NETWORK_ERRORS:
                 failures += 1
                 log.warning("inbox connection lost (try %d); reconnecting", failures)
                 await asyncio.sleep(min(2.0, 0.05 * 2**failures))
@@ -222,12 +185,12 @@ class RedisBroker(BaseBroker):
             if item is None or item.get("type") != "message":
                 continue
             try:
-                deliver(_decode_reply(item["data"]))
+                deliver(decode_reply(item["data"]))
             except Exception:
                 log.exception("unreadable reply on the inbox")
 
     async def _send_reply(self, address: str, reply: Message) -> None:
-        await self._send([("PUBLISH", address, _encode_reply(reply))])
+        await self._send([("PUBLISH", address, encode_reply(reply))])
 
     # -- presence ---------------------------------------------------------------------------
 

@@ -100,7 +100,7 @@ return -1
 """
 
 
-class _Scripts:
+class Scripts:
     """The Lua scripts, registered once per client (redis-py reloads them after a restart)."""
 
     def __init__(self, client: Redis) -> None:

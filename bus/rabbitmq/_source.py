@@ -7,17 +7,25 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 
 from bus.errors import BrokerClosed
 from bus.message import Message
-from bus.rabbitmq_wire import CLOSE_TIMEOUT, decode, retry_rung
+from bus.rabbitmq._wire import CLOSE_TIMEOUT, decode, retry_rung
 
-if TYPE_CHECKING:
-    from bus.rabbitmq import RabbitBroker
+
+class QueueHost(Protocol):
+    """What a source needs of its broker (the broker imports the source, never the reverse)."""
+
+    async def _publish(self, topic: str, batch: Sequence[Message]) -> None:
+        """Publish ``batch`` to ``topic``, confirmed."""
+
+    async def _delay(self, queue: str, message: Message, ms: int) -> None:
+        """Park ``message`` on the ``ms`` rung of ``queue``'s delay ladder."""
+
 
 log = logging.getLogger("omnibus.bus.rabbitmq")
 
@@ -28,18 +36,18 @@ ACK_LINGER = 0.005
 
 
 @dataclass(slots=True)
-class _Delivery:
+class RabbitDelivery:
     message: Message
     channel: aiormq.abc.AbstractChannel
     tag: int
 
 
-class _RabbitSource:
+class RabbitSource:
     """One consumer of a group queue, on its own channel."""
 
     def __init__(
         self,
-        broker: RabbitBroker,
+        broker: QueueHost,
         topic: str,
         queue: AbstractRobustQueue,
         channel: AbstractRobustChannel,
@@ -65,12 +73,12 @@ class _RabbitSource:
         # a plain function: aio-pika then calls it without a task of its own per message
         self._buffer.put_nowait(raw)
 
-    async def fetch(self, limit: int) -> Sequence[_Delivery]:
+    async def fetch(self, limit: int) -> Sequence[RabbitDelivery]:
         raw = await self._buffer.get()
         items = [raw]
         while len(items) < limit and not self._buffer.empty():
             items.append(self._buffer.get_nowait())
-        out: list[_Delivery] = []
+        out: list[RabbitDelivery] = []
         for item in items:
             if item is None:
                 self._buffer.put_nowait(None)  # wake any other waiter too
@@ -81,10 +89,10 @@ class _RabbitSource:
                 continue
             tag = item.delivery_tag or 0
             self._unsettled.setdefault(item.channel, {})[tag] = None
-            out.append(_Delivery(decode(item, self._topic), item.channel, tag))
+            out.append(RabbitDelivery(decode(item, self._topic), item.channel, tag))
         return out
 
-    async def ack(self, deliveries: Sequence[_Delivery]) -> None:
+    async def ack(self, deliveries: Sequence[RabbitDelivery]) -> None:
         """Settle ``deliveries``; acks go out in one flush per ``ACK_BATCH`` or ``ACK_LINGER``."""
         for delivery in deliveries:
             self._unsettled.get(delivery.channel, {}).pop(delivery.tag, None)
@@ -122,7 +130,7 @@ class _RabbitSource:
             except (aiormq.exceptions.AMQPError, ConnectionError):
                 log.warning("acks lost with their channel; RabbitMQ redelivers those messages")
 
-    async def retry(self, delivery: _Delivery, delay: float) -> None:
+    async def retry(self, delivery: RabbitDelivery, delay: float) -> None:
         message = replace(delivery.message, attempt=delivery.message.attempt + 1)
         try:
             await self._broker._delay(self._queue.name, message, retry_rung(delay))
@@ -131,7 +139,7 @@ class _RabbitSource:
             raise
         await self.ack([delivery])
 
-    async def dead_letter(self, delivery: _Delivery, topic: str) -> None:
+    async def dead_letter(self, delivery: RabbitDelivery, topic: str) -> None:
         try:
             await self._broker._publish(topic, [replace(delivery.message, attempt=1)])
         except Exception:
@@ -139,11 +147,11 @@ class _RabbitSource:
             raise
         await self.ack([delivery])
 
-    async def release(self, deliveries: Sequence[_Delivery]) -> None:
+    async def release(self, deliveries: Sequence[RabbitDelivery]) -> None:
         for delivery in deliveries:
             await self._hand_back(delivery)
 
-    async def _hand_back(self, delivery: _Delivery) -> None:
+    async def _hand_back(self, delivery: RabbitDelivery) -> None:
         """Requeue an unsettled delivery (RabbitMQ has no lease that would expire)."""
         self._unsettled.get(delivery.channel, {}).pop(delivery.tag, None)
         if not delivery.channel.is_closed:

@@ -15,7 +15,7 @@ from pamqp import commands as spec
 
 from bus.errors import InvalidArgument, InvalidName, PublishError
 from bus.message import Message, new_id
-from bus.rabbitmq_settings import RabbitSettings
+from bus.rabbitmq.settings import RabbitSettings
 
 ATTEMPT_HEADER = "omnibus-attempt"
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -32,17 +32,17 @@ _MAX_NAME = 255
 
 def queue_name(group: str, topic: str) -> str:
     """The queue of ``group`` on ``topic`` (Dapr's ``<consumerID>-<topic>``)."""
-    return _checked(f"{group}-{topic}")
+    return checked(f"{group}-{topic}")
 
 
 def held_name(topic: str) -> str:
     """The exchange and queue that keep messages published while no group is bound."""
-    return _checked(f"{topic}@held")
+    return checked(f"{topic}@held")
 
 
 def retry_queue_name(queue: str, ms: int) -> str:
     """The delay queue of ``queue`` for the rung of ``ms`` milliseconds."""
-    return _checked(f"{queue}@retry@{ms}")
+    return checked(f"{queue}@retry@{ms}")
 
 
 def retry_rung(delay: float) -> int:
@@ -53,7 +53,7 @@ def retry_rung(delay: float) -> int:
     return next((ms for ms in RETRY_LADDER_MS if ms >= wanted), RETRY_LADDER_MS[-1])
 
 
-def _checked(name: str) -> str:
+def checked(name: str) -> str:
     if len(name.encode()) > _MAX_NAME:
         raise InvalidName(f"RabbitMQ names are limited to 255 bytes: {name[:40]!r}... is longer")
     return name
