@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import tenacity
 
-from bus.errors import InvalidArgument
+from bus.errors import ConfigError, InvalidArgument
 from bus.message import validate_name, validate_topic
 
 FOREVER = -1
@@ -15,6 +15,23 @@ FOREVER = -1
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns))+")
 _PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+# Dapr's boolean vocabulary (its utils.IsTruthy and strconv.ParseBool together), any case.
+_TRUE = frozenset({"1", "t", "true", "y", "yes", "on"})
+_FALSE = frozenset({"0", "f", "false", "n", "no", "off"})
+
+
+def parse_bool(value: str, *, what: str) -> bool:
+    """A boolean in Dapr's vocabulary, any case and spacing; else a ConfigError naming ``what``."""
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(
+        f"{what}: expected a boolean (true/false, yes/no, on/off, 1/0, t/f, y/n), got {value!r}"
+    )
 
 
 def parse_duration(value: object, *, what: str = "duration") -> float:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bus.errors import InvalidArgument, InvalidName
-from bus.options import RetryPolicy, SubscriptionOptions, parse_duration
+from bus.errors import ConfigError, InvalidArgument, InvalidName
+from bus.options import RetryPolicy, SubscriptionOptions, parse_bool, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -63,3 +63,19 @@ def test_subscription_options_validate_and_default_the_dead_letter_topic() -> No
         SubscriptionOptions(group="g", concurrency=0)
     with pytest.raises(InvalidArgument):
         SubscriptionOptions(group="g", batch_size=0)
+
+
+@pytest.mark.parametrize("text", ["1", "t", "T", "true", "TRUE", " True ", "y", "Yes", "on", "ON"])
+def test_parse_bool_accepts_daprs_true_spellings(text: str) -> None:
+    assert parse_bool(text, what="enableTLS") is True
+
+
+@pytest.mark.parametrize("text", ["0", "f", "F", "false", "False", " no ", "n", "N", "off", "OFF"])
+def test_parse_bool_accepts_daprs_false_spellings(text: str) -> None:
+    assert parse_bool(text, what="durable") is False
+
+
+@pytest.mark.parametrize("text", ["", "  ", "2", "tru", "enabled", "yess", "o"])
+def test_parse_bool_rejects_anything_else_naming_the_field(text: str) -> None:
+    with pytest.raises(ConfigError, match="^durable: expected a boolean"):
+        parse_bool(text, what="durable")
