@@ -1,24 +1,128 @@
-"""The one place that turns a state component's Dapr metadata into a store and its settings."""
+"""The one place that turns a state component's Dapr metadata into a store and its settings.
+
+Metadata names are matched case-insensitively, as Dapr's decoder does; booleans and durations go
+through the project's single parsers (:func:`bus.options.parse_bool`, ``parse_duration``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from bus.errors import ConfigError
+from bus.errors import ConfigError, InvalidArgument
+from bus.options import parse_bool, parse_duration
 from state.memory import MemorySettings, MemoryStore
+from state.sqlite import SqliteSettings, SqliteStore
 from state.store import StateStore
 
 STORE_TYPES = ("state.in-memory", "state.sqlite", "state.redis", "state.postgresql")
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_]+")
+
+
+class _Metadata:
+    """Typed, case-insensitive reads of one component's metadata; errors name the key."""
+
+    def __init__(self, component: str, metadata: Mapping[str, str]) -> None:
+        self.component = component
+        self._values = {name.lower(): (name, value) for name, value in metadata.items()}
+
+    def fail(self, name: str, expected: str) -> ConfigError:
+        """A ConfigError naming the component, the metadata key and what was expected."""
+        value = self._values.get(name.lower(), (name, None))[1]
+        return ConfigError(
+            f"component {self.component!r}: metadata {name!r}: expected {expected}, got {value!r}"
+        )
+
+    def raw(self, *names: str) -> tuple[str, str] | None:
+        """``(name, value)`` of the first of ``names`` (aliases) that is set and not blank."""
+        for name in names:
+            found = self._values.get(name.lower())
+            if found is not None and str(found[1]).strip():
+                return name, str(found[1]).strip()
+        return None
+
+    def string(self, *names: str, default: str) -> str:
+        found = self.raw(*names)
+        return default if found is None else found[1]
+
+    def identifier(self, name: str, *, default: str) -> str:
+        value = self.string(name, default=default)
+        if not _IDENTIFIER.fullmatch(value):
+            raise self.fail(name, "a table name of letters, digits and underscores")
+        return value
+
+    def boolean(self, name: str, *, default: bool) -> bool:
+        found = self.raw(name)
+        if found is None:
+            return default
+        return parse_bool(found[1], what=f"component {self.component!r}: metadata {name!r}")
+
+    def integer(self, name: str, *, default: int, minimum: int | None = None) -> int:
+        found = self.raw(name)
+        if found is None:
+            return default
+        try:
+            value = int(found[1])
+        except ValueError:
+            raise self.fail(name, "an integer") from None
+        if minimum is not None and value < minimum:
+            raise self.fail(name, f"an integer >= {minimum}")
+        return value
+
+    def duration(self, name: str, *, default: float, seconds_alias: str | None = None) -> float:
+        """Seconds; ``seconds_alias`` (e.g. ``cleanupIntervalInSeconds``) takes bare seconds."""
+        if seconds_alias is not None and self.raw(name) is None:
+            found = self.raw(seconds_alias)
+            if found is not None and re.fullmatch(r"-?\d+", found[1]):
+                return float(found[1])
+            name = seconds_alias if found is not None else name
+        found = self.raw(name)
+        if found is None:
+            return default
+        if found[1].startswith("-"):
+            return -1.0  # Dapr: a negative interval disables the feature
+        try:
+            return parse_duration(found[1], what=name)
+        except InvalidArgument:
+            raise self.fail(name, "a duration like '30s', '1h' or milliseconds") from None
+
+
+def _memory(name: str, md: _Metadata, home: Path) -> StateStore:
+    return MemoryStore(name, MemorySettings())
+
+
+def _sqlite(name: str, md: _Metadata, home: Path) -> StateStore:
+    settings = SqliteSettings(
+        connection_string=md.string("connectionString", "url", default=str(home / "state.db")),
+        table=md.identifier("tableName", default="state"),
+        metadata_table=md.identifier("metadataTableName", default="metadata"),
+        busy_timeout=md.duration("busyTimeout", default=2.0),
+        cleanup_interval=md.duration(
+            "cleanupInterval", default=3600.0, seconds_alias="cleanupIntervalInSeconds"
+        ),
+        disable_wal=md.boolean("disableWAL", default=False),
+    )
+    for forbidden in ("busy_timeout", "journal_mode"):
+        if f"_pragma={forbidden}" in settings.connection_string.lower():
+            raise md.fail("connectionString", f"no _pragma={forbidden} (use the metadata)")
+    return SqliteStore(name, settings)
+
+
+_BUILDERS: dict[str, Callable[[str, _Metadata, Path], StateStore]] = {
+    "state.in-memory": _memory,
+    "state.sqlite": _sqlite,
+}
 
 
 def store_from_component(
     name: str, type: str, metadata: Mapping[str, str], *, home: Path
 ) -> StateStore:
     """A (not yet connected) store for a component of ``type`` with ``metadata``."""
-    if type == "state.in-memory":
-        return MemoryStore(name, MemorySettings())
-    raise ConfigError(
-        f"component {name!r}: state store type {type!r} is not supported "
-        f"(expected one of {', '.join(STORE_TYPES)})"
-    )
+    builder = _BUILDERS.get(type)
+    if builder is None:
+        raise ConfigError(
+            f"component {name!r}: state store type {type!r} is not supported "
+            f"(expected one of {', '.join(STORE_TYPES)})"
+        )
+    return builder(name, _Metadata(name, metadata), home)
