@@ -1,0 +1,109 @@
+"""One service invocation and its reply, as values that travel on the bus.
+
+An invocation is a request/reply message on the topic of the callee's app id
+(:func:`call_topic` for sync calls in call mode, :func:`async_topic` for async ones in durable
+mode: one topic served in both modes would deliver each request to both groups).  The request
+envelope carries the HTTP request of the caller (verb, raw path, raw query, headers, body); the
+reply envelope carries the app's response verbatim.  Nothing here speaks HTTP.
+
+Envelope attributes of a :class:`Call` (the storage layout of an invocation on the wire):
+
+    app      the callee's app id
+    method   the path after ``/method/``, raw (percent-encoding kept), no leading slash
+    verb     the HTTP method, upper case
+    query    the raw query string without ``?`` (may be empty)
+    caller   the caller's app id
+    iid      the invocation id of an async invocation (absent on sync calls)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bus.envelope import Envelope, Headers
+from bus.errors import InvalidArgument
+
+CALL_TOPIC_PREFIX = "omnibus.invoke."
+ASYNC_TOPIC_PREFIX = "omnibus.invoke-async."
+
+
+def call_topic(app_id: str) -> str:
+    """The topic on which the sidecars of ``app_id`` serve sync invocations (call mode)."""
+    return CALL_TOPIC_PREFIX + app_id
+
+
+def async_topic(app_id: str) -> str:
+    """The topic on which the sidecars of ``app_id`` serve async invocations (durable mode)."""
+    return ASYNC_TOPIC_PREFIX + app_id
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One invocation of a method of an app, as the caller's sidecar received it."""
+
+    app_id: str
+    method: str
+    verb: str
+    query: str
+    headers: Headers
+    body: bytes
+    caller: str
+    invocation_id: str | None = None
+
+    def to_envelope(self) -> Envelope:
+        """The request envelope that carries this call on the bus."""
+        attributes = {
+            "app": self.app_id,
+            "method": self.method,
+            "verb": self.verb,
+            "query": self.query,
+            "caller": self.caller,
+        }
+        if self.invocation_id is not None:
+            attributes["iid"] = self.invocation_id
+        return Envelope(headers=self.headers, body=self.body, attributes=attributes)
+
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> Call:
+        """Read a call from its request envelope; a missing attribute raises InvalidArgument."""
+        attributes = envelope.attributes
+        try:
+            return cls(
+                app_id=attributes["app"],
+                method=attributes["method"],
+                verb=attributes["verb"],
+                query=attributes.get("query", ""),
+                headers=envelope.headers,
+                body=envelope.body,
+                caller=attributes.get("caller", ""),
+                invocation_id=attributes.get("iid"),
+            )
+        except KeyError as exc:
+            raise InvalidArgument(f"invocation envelope lacks attribute {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The app's response to a call: status, headers (multi-valued) and body, verbatim."""
+
+    status: int
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+
+    def to_envelope(self) -> Envelope:
+        """The reply envelope that carries this response on the bus."""
+        return Envelope(status=self.status, headers=self.headers, body=self.body)
+
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> Reply:
+        """Read a reply from its envelope."""
+        return cls(status=envelope.status, headers=envelope.headers, body=envelope.body)
+
+
+class AppCaller(Protocol):
+    """Calls the local app; raises :class:`invoke.errors.AppUnreachable` when it cannot."""
+
+    async def __call__(self, call: Call, timeout: float) -> Reply:
+        """The app's reply to ``call`` within ``timeout`` seconds."""
+        ...
