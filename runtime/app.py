@@ -20,8 +20,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bus.broker import BaseBroker
 from bus.errors import InvalidArgument
 from components.specs import SubscriptionSpec
+from runtime.channel import AppChannel
 from runtime.errors import (
     ERR_HEALTH_APPID_NOT_MATCH,
     ERR_HEALTH_NOT_READY,
@@ -61,6 +63,9 @@ class SidecarState:
     api_ready: bool = False
     app_ready: bool = False
     request_shutdown: Callable[[], None] = lambda: None
+    instance: str = ""
+    bus: BaseBroker | None = None  # the system bus (runtime.system_bus), connected at start
+    channel: AppChannel | None = None  # the app channel, once the app port is up
 
     @property
     def outbound_ready(self) -> bool:

@@ -74,6 +74,7 @@ class SidecarConfig:
     app_health_check_path: str | None = None
     drain_timeout: float = 5.0
     log_level: str = "info"
+    bus: str | None = None  # the pubsub that carries state and invocation (runtime.system_bus)
 
     def __post_init__(self) -> None:
         try:
@@ -108,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     # daprd's name for the same bound, in seconds; wins over --drain-timeout when given
     parser.add_argument("--dapr-graceful-shutdown-seconds", type=float, default=None)
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    parser.add_argument("--bus", default=None, help="pubsub component for state and invocation")
     return parser
 
 
@@ -134,4 +136,5 @@ def parse_args(argv: Sequence[str]) -> SidecarConfig:
         app_health_check_path=args.app_health_check_path,
         drain_timeout=drain,
         log_level="warning" if args.log_level == "warn" else args.log_level,
+        bus=args.bus or None,
     )

@@ -43,6 +43,7 @@ from runtime.environment import Environment, read_environment
 from runtime.pubsubs import PubSubComponent, PubSubs
 from runtime.scopes import TopicScopes
 from runtime.subscriptions import open_subscriptions, unique_subscriptions
+from runtime.system_bus import SystemBus, choose_system_bus
 
 log = logging.getLogger("omnibus.runtime")
 
@@ -67,6 +68,7 @@ class Sidecar:
         resources: Resources,
         components: Sequence[PubSubComponent],
         instance: str,
+        system_bus: SystemBus | None = None,
     ) -> None:
         self.config = config
         self.env = env
@@ -88,7 +90,17 @@ class Sidecar:
             app_channel_address=config.app_channel_address,
             app_max_concurrency=config.app_max_concurrency,
             request_shutdown=self.stopping.set,
+            instance=instance,
         )
+        self.system_bus = system_bus or choose_system_bus(
+            config.bus,
+            components,
+            app_id=config.app_id,
+            instance=instance,
+            home=env.home,
+            drain_timeout=config.drain_timeout,
+        )
+        self.state.bus = self.system_bus.broker
         self.channel: AppChannel | None = None
         self.subscriptions: list[Subscription] = []
         app = build_app(self.state, api_token=env.api_token, max_body_size=config.max_body_size)
@@ -164,6 +176,8 @@ class Sidecar:
                 return
             await asyncio.sleep(0.01)
         self.state.api_ready = True
+        if self.system_bus.owned:
+            await self.system_bus.broker.connect()
         await self.pubsubs.connect()
         await self._announce()
         log.info("components connected: %s", ", ".join(c.name for c in self.pubsubs) or "none")
@@ -178,6 +192,7 @@ class Sidecar:
             app_api_token=self.env.app_api_token,
         )
         await self.channel.__aenter__()
+        self.state.channel = self.channel
         await self.channel.wait_until_listening(self.config.app_health_check_path)
         specs = unique_subscriptions(
             [*self.resources.subscriptions, *await self._programmatic(self.channel)]
@@ -231,6 +246,8 @@ class Sidecar:
         if self.channel is not None:
             await self.channel.close()
         await self.pubsubs.close()
+        if self.system_bus.owned:
+            await self.system_bus.broker.close()
         log.info("stopped")
 
 
