@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from bus.errors import ConfigError, InvalidArgument
-from bus.options import parse_duration
+from bus.options import parse_bool, parse_duration
 
 T = TypeVar("T")
 
@@ -108,14 +108,18 @@ class Field:
         raise self.fail("a string, number or boolean")
 
     def boolean(self, default: bool) -> bool:
-        """``true``/``false`` (also as strings, any case); ``default`` when missing."""
+        """A YAML boolean or a string in Dapr's vocabulary (``parse_bool``); ``default`` when
+        missing."""
         if not self.present:
             return default
         if isinstance(self.value, bool):
             return self.value
-        if isinstance(self.value, str) and self.value.strip().lower() in ("true", "false"):
-            return self.value.strip().lower() == "true"
-        raise self.fail("true or false")
+        if isinstance(self.value, str):
+            try:
+                return parse_bool(self.value, what=self.path)
+            except ConfigError:
+                pass
+        raise self.fail("a boolean (true/false, yes/no, on/off, 1/0, t/f, y/n)")
 
     def integer(self, default: int, *, minimum: int | None = None) -> int:
         """An integer (also as a string of digits); ``default`` when missing."""

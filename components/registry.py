@@ -13,7 +13,7 @@ Metadata every type reads, with Dapr's names and defaults (:class:`PubSubDefault
 expanded), ``concurrency`` 10, ``queueDepth`` 100, ``processingTimeout`` 60s (``30s`` or ms).
 The retry policy comes from a Resiliency file's inbound policy for the component (see
 :mod:`components.resiliency`), else the bus default; an inbound time-out there overrides
-``processingTimeout``.  Each backend reads its own keys through ``XSettings.from_metadata``.
+``processingTimeout``.  Each backend's own keys are read by :mod:`components.pubsub_settings`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from bus.broker import BaseBroker
 from bus.errors import ConfigError, InvalidArgument
 from bus.message import validate_name
 from bus.options import RetryPolicy, parse_duration
+from components.pubsub_settings import rabbit_settings, redis_settings, sqlite_settings
 from components.resiliency import inbound_retry, inbound_timeout
 from components.specs import ComponentSpec, Resources
 
@@ -70,7 +71,7 @@ class PubSub:
 @dataclass(frozen=True, slots=True)
 class _Backend:
     module: str
-    settings: str | None  # the XSettings class, None for in-memory
+    settings: Callable[[Mapping[str, str]], object] | None  # None for in-memory
     broker: str
     capabilities: tuple[str, ...]
 
@@ -81,10 +82,10 @@ class _Backend:
 # events, which Dapr does not advertise as a feature either.
 _BULK = ("BULK_PUBLISH",)
 BACKENDS: Mapping[str, _Backend] = {
-    "pubsub.sqlite": _Backend("bus.sqlite", "SqliteSettings", "SqliteBroker", _BULK),
-    "pubsub.redis": _Backend("bus.redis", "RedisSettings", "RedisBroker", _BULK),
+    "pubsub.sqlite": _Backend("bus.sqlite", sqlite_settings, "SqliteBroker", _BULK),
+    "pubsub.redis": _Backend("bus.redis", redis_settings, "RedisBroker", _BULK),
     "pubsub.rabbitmq": _Backend(
-        "bus.rabbitmq", "RabbitSettings", "RabbitBroker", (*_BULK, "MESSAGE_TTL")
+        "bus.rabbitmq", rabbit_settings, "RabbitBroker", (*_BULK, "MESSAGE_TTL")
     ),
     "pubsub.in-memory": _Backend("bus.memory", None, "MemoryBroker", _BULK),
 }
@@ -228,7 +229,7 @@ def _make_broker(
         hub = module.MemoryHub()
         broker: BaseBroker = broker_class(hub, instance=instance, drain_timeout=drain_timeout)
         return broker
-    settings = getattr(module, backend.settings).from_metadata(metadata)
+    settings = backend.settings(metadata)
     made: BaseBroker = broker_class(settings, instance=instance, drain_timeout=drain_timeout)
     return made
 

@@ -317,7 +317,8 @@ BAD_FILES = {
     ),
     "bulk enabled": (
         SUBSCRIPTION + "  {pubsubname: p, topic: t, route: /t, bulkSubscribe: {enabled: yes!}}\n",
-        "spec.bulkSubscribe.enabled: expected true or false, got 'yes!'",
+        "spec.bulkSubscribe.enabled: expected a boolean (true/false, yes/no, on/off, 1/0, "
+        "t/f, y/n), got 'yes!'",
     ),
     "subscription metadata": (
         SUBSCRIPTION + "  {pubsubname: p, topic: t, route: /t, metadata: [rawPayload]}\n",
@@ -488,7 +489,8 @@ BAD_PAYLOADS = {
     ),
     "bulk": (
         [{"pubsubname": "p", "topic": "t", "route": "/t", "bulkSubscribe": {"enabled": 1}}],
-        "[0].bulkSubscribe.enabled: expected true or false, got 1",
+        "[0].bulkSubscribe.enabled: expected a boolean (true/false, yes/no, on/off, 1/0, "
+        "t/f, y/n), got 1",
     ),
     "metadata": (
         [{"pubsubname": "p", "topic": "t", "route": "/t", "metadata": {"a": {"b": 1}}}],

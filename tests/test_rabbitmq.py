@@ -253,9 +253,7 @@ async def test_overflow_goes_to_the_dapr_style_dead_letter_queue(
     rabbit: MakeRabbit, topic: str
 ) -> None:
     # Given a group queue capped at 5 messages, with Dapr's enableDeadLetter
-    settings = RabbitSettings.from_metadata(
-        {"connectionString": RABBITMQ_URL, "maxLen": "5", "enableDeadLetter": "true"}
-    )
+    settings = RabbitSettings(url=RABBITMQ_URL, max_len=5, enable_dead_letter=True)
     broker = await rabbit(settings)
     subscription = await broker.subscribe(topic, Collector(), SubscriptionOptions(group="capped"))
     await subscription.stop()

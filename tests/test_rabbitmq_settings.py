@@ -7,77 +7,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bus.errors import ConfigError, InvalidName
+from bus.errors import InvalidName
 from bus.message import Message
 from bus.rabbitmq import (
-    DEFAULT_URL,
     RETRY_LADDER_MS,
-    RabbitSettings,
     held_name,
     queue_name,
     retry_queue_name,
 )
 from bus.rabbitmq._source import ACK_BATCH, ACK_LINGER, RabbitDelivery, RabbitSource
 from bus.rabbitmq._wire import retry_rung
-
-
-def test_defaults_are_the_safe_ones() -> None:
-    settings = RabbitSettings.from_metadata({})
-    assert settings.url == DEFAULT_URL
-    assert settings.durable is True
-    assert settings.delivery_mode == 2
-    assert settings.prefetch_count == 200
-    assert settings.exchange_kind == "fanout"
-    assert settings.queue_arguments("g-t") == {}
-
-
-def test_dapr_metadata_names() -> None:
-    settings = RabbitSettings.from_metadata(
-        {
-            "host": "amqp://u:p@rabbit:5673/vh",
-            "durable": "false",
-            "deliveryMode": "1",
-            "prefetchCount": "0",
-            "enableDeadLetter": "true",
-            "ttlInSeconds": "60",
-            "maxLen": "1000",
-            "maxLenBytes": "1048576",
-            "reconnectWaitSeconds": "5",
-            "exchangeKind": "topic",
-        }
-    )
-    assert settings.url == "amqp://u:p@rabbit:5673/vh"
-    assert (settings.durable, settings.delivery_mode, settings.prefetch_count) == (False, 1, 0)
-    assert settings.ttl_seconds == 60 and settings.reconnect_wait == 5.0
-    assert settings.exchange_kind == "topic"
-    assert settings.queue_arguments("g-t") == {
-        "x-max-length": 1000,
-        "x-max-length-bytes": 1048576,
-        "x-dead-letter-exchange": "dlx-g-t",
-    }
-    # connectionString wins over host; durations accept Go spellings
-    both = {"connectionString": "amqps://a/", "host": "amqp://b/", "reconnectWait": "500ms"}
-    parsed = RabbitSettings.from_metadata(both)
-    assert parsed.url == "amqps://a/" and parsed.reconnect_wait == 0.5
-
-
-@pytest.mark.parametrize(
-    ("key", "value"),
-    [
-        ("connectionString", "http://host/"),
-        ("durable", "maybe"),
-        ("deliveryMode", "3"),
-        ("prefetchCount", "-1"),
-        ("prefetchCount", "lots"),
-        ("maxLen", "0"),
-        ("ttlInSeconds", "1.5"),
-        ("exchangeKind", "x-delayed"),
-        ("reconnectWait", "soon"),
-    ],
-)
-def test_bad_values_name_the_key(key: str, value: str) -> None:
-    with pytest.raises(ConfigError, match=key if key != "connectionString" else "amqp"):
-        RabbitSettings.from_metadata({key: value})
 
 
 def test_names_follow_dapr_and_never_collide_with_topics() -> None:

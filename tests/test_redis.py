@@ -18,7 +18,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from bus.errors import BrokerError, BrokerUnavailable, ConfigError
+from bus.errors import BrokerError, BrokerUnavailable
 from bus.message import Message, Outcome
 from bus.options import RetryPolicy, SubscriptionOptions
 from bus.redis import RedisBroker
@@ -349,68 +349,6 @@ async def _xlen_below(raw: aioredis.Redis, topic: str, limit: int) -> bool:
 
 
 # -- metadata -------------------------------------------------------------------------------
-
-
-def test_durations_accept_go_strings_and_milliseconds() -> None:
-    as_text = RedisSettings.from_metadata({"redeliverInterval": "30s", "processingTimeout": "1m"})
-    as_ms = RedisSettings.from_metadata(
-        {"redeliverInterval": "30000", "processingTimeout": "60000"}
-    )
-    assert as_text.redeliver_interval == as_ms.redeliver_interval == 30.0
-    assert as_text.processing_timeout == as_ms.processing_timeout == 60.0
-    assert RedisSettings.from_metadata({"dialTimeout": "500ms"}).dial_timeout == 0.5
-
-
-def test_metadata_names_follow_dapr() -> None:
-    settings = RedisSettings.from_metadata(
-        {
-            "redisHost": "redis.local:6380",
-            "redisPassword": "secret",
-            "redisUsername": "app",
-            "redisDB": "2",
-            "enableTLS": "true",
-            "queueDepth": "50",
-            "concurrency": "4",
-            "maxLenApprox": "1000",
-        }
-    )
-    assert (settings.host, settings.port, settings.db, settings.tls) == (
-        "redis.local",
-        6380,
-        2,
-        True,
-    )
-    assert (settings.username, settings.password) == ("app", "secret")
-    assert (settings.queue_depth, settings.concurrency, settings.max_len_approx) == (50, 4, 1000)
-    assert "secret" not in repr(settings)
-    defaults = RedisSettings.from_metadata({})
-    assert (defaults.processing_timeout, defaults.redeliver_interval) == (60.0, 15.0)
-    assert defaults.max_len_approx is None
-    assert RedisSettings.from_metadata({"maxLenApprox": "0"}).max_len_approx is None
-    options = settings.subscription_options("app")
-    assert (options.concurrency, options.batch_size) == (4, 50)
-
-
-@pytest.mark.parametrize(
-    ("metadata", "field"),
-    [
-        ({"redisHost": "host:port"}, "redisHost"),
-        ({"redisHost": "host:70000"}, "redisHost"),
-        ({"redisDB": "-1"}, "redisDB"),
-        ({"enableTLS": "maybe"}, "enableTLS"),
-        ({"redeliverInterval": "soon"}, "redeliverInterval"),
-        ({"processingTimeout": "0"}, "processingTimeout"),
-        ({"queueDepth": "many"}, "queueDepth"),
-        ({"concurrency": "0"}, "concurrency"),
-        ({"maxLenApprox": "-5"}, "maxLenApprox"),
-        ({"redisType": "cluster"}, "redisType"),
-    ],
-)
-def test_bad_metadata_raises_config_error_naming_the_field(
-    metadata: dict[str, str], field: str
-) -> None:
-    with pytest.raises(ConfigError, match=field):
-        RedisSettings.from_metadata(metadata)
 
 
 async def test_unreachable_server_is_reported_not_hidden() -> None:

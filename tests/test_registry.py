@@ -114,7 +114,7 @@ def test_unknown_type_names_the_file_and_the_supported_types(tmp_path: Path) -> 
 
 
 def test_type_whose_module_is_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    absent = registry._Backend("bus.nowhere", "NoSettings", "NoBroker", ())
+    absent = registry._Backend("bus.nowhere", None, "NoBroker", ())
     monkeypatch.setitem(registry.BACKENDS, "pubsub.nowhere", absent)
     with pytest.raises(ConfigError) as caught:
         build(component("pubsub.nowhere"), tmp_path)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bus.errors import BrokerUnavailable, ConfigError
+from bus.errors import BrokerUnavailable
 from bus.message import Message
 from bus.options import SubscriptionOptions
-from bus.sqlite import SqliteBroker, SqliteSettings, default_path
+from bus.sqlite import SqliteBroker, SqliteSettings
 from bus.sqlite._store import SqliteStore
 from tests.helpers import Collector, eventually
 
@@ -270,46 +270,6 @@ def test_claimed_but_unhandled_deliveries_keep_their_attempt(tmp_path: Path) -> 
 
 
 # -- settings -------------------------------------------------------------------------------
-
-
-def test_settings_from_metadata(tmp_path: Path) -> None:
-    settings = SqliteSettings.from_metadata(
-        {
-            "connectionString": str(tmp_path / "x.db"),
-            "processingTimeout": "30s",
-            "redeliverInterval": "1500",
-            "maxPollInterval": "20ms",
-            "busyTimeout": "2s",
-            "maxLenApprox": "5000",
-            "someOtherLayer": "ignored",
-        }
-    )
-    assert settings.path == tmp_path / "x.db"
-    assert (settings.processing_timeout, settings.redeliver_interval) == (30.0, 1.5)
-    assert (settings.max_poll_interval, settings.busy_timeout) == (0.02, 2.0)
-    assert settings.max_len == 5000 and SqliteSettings.from_metadata({}).max_len is None
-    assert SqliteSettings.from_metadata({}, home=tmp_path).path == tmp_path / "bus.db"
-    assert SqliteSettings.from_metadata({}).path == default_path()
-    assert SqliteSettings.from_metadata({"connectionString": "file:a.db"}).path == Path("a.db")
-
-
-@pytest.mark.parametrize(
-    ("metadata", "named"),
-    [
-        ({"processingTimeout": "soon"}, "processingTimeout"),
-        ({"redeliverInterval": "-5"}, "redeliverInterval"),
-        ({"busyTimeout": ""}, "busyTimeout"),
-        ({"processingTimeout": "0s"}, "processingTimeout"),
-        ({"minPollInterval": "100ms", "maxPollInterval": "10ms"}, "maxPollInterval"),
-        ({"connectionString": ":memory:"}, "connectionString"),
-        ({"connectionString": "file:bus.db?mode=ro"}, "connectionString"),
-        ({"maxLenApprox": "lots"}, "maxLenApprox"),
-        ({"maxLenApprox": "0"}, "maxLenApprox"),
-    ],
-)
-def test_bad_settings_raise_config_error(metadata: dict[str, str], named: str) -> None:
-    with pytest.raises(ConfigError, match=named):
-        SqliteSettings.from_metadata(metadata)
 
 
 async def test_unopenable_file_is_a_clear_error(tmp_path: Path) -> None:

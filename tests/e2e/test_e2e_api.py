@@ -113,7 +113,7 @@ def test_without_tokens_nothing_is_required_or_sent_and_presence_is_announced(
 
 
 async def _sidecars(db: Path) -> list[Presence]:
-    async with SqliteBroker(SqliteSettings.from_metadata({"connectionString": str(db)})) as broker:
+    async with SqliteBroker(SqliteSettings(path=db)) as broker:
         return await broker.instances("omnibus.sidecar")
 
 
