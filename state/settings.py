@@ -13,6 +13,7 @@ from pathlib import Path
 from bus.errors import ConfigError, InvalidArgument
 from bus.options import parse_bool, parse_duration
 from state.memory import MemorySettings, MemoryStore
+from state.redis import RedisStore, RedisStoreSettings
 from state.sqlite import SqliteSettings, SqliteStore
 from state.store import StateStore
 
@@ -109,9 +110,52 @@ def _sqlite(name: str, md: _Metadata, home: Path) -> StateStore:
     return SqliteStore(name, settings)
 
 
+def _host_port(md: _Metadata, name: str, default_port: int) -> tuple[str, int]:
+    found = md.raw(name)
+    if found is None:
+        raise md.fail(name, "host:port of the server (it is required)")
+    host, colon, port = found[1].rpartition(":")
+    if not colon:
+        host, port = found[1], str(default_port)
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise md.fail(name, "host:port with a port between 1 and 65535")
+    return host, int(port)
+
+
+def _positive(value: float, default: float) -> float:
+    return value if value > 0 else default
+
+
+def _redis(name: str, md: _Metadata, home: Path) -> StateStore:
+    host, port = _host_port(md, "redisHost", 6379)
+    redis_type = md.string("redisType", default="node").lower()
+    if redis_type != "node" or md.boolean("failover", default=False):
+        raise md.fail("redisType", "node (cluster and sentinel are not supported)")
+    ttl = md.integer("ttlInSeconds", default=0, minimum=-1)
+    pool = md.integer("poolSize", default=0, minimum=0)
+    settings = RedisStoreSettings(
+        host=host,
+        port=port,
+        username=md.string("redisUsername", default="") or None,
+        password=md.string("redisPassword", default="") or None,
+        db=md.integer("redisDB", default=0, minimum=0),
+        tls=md.boolean("enableTLS", default=False),
+        actor_state_store=md.boolean("actorStateStore", default=False),
+        ttl=ttl or None,
+        dial_timeout=_positive(md.duration("dialTimeout", default=5.0), 5.0),
+        read_timeout=_positive(md.duration("readTimeout", default=3.0), 3.0),
+        pool_size=pool or None,
+    )
+    # Dapr's other keys (maxRetries, maxRetryBackoff, minIdleConns, ...) are accepted and ignored:
+    # redis-py manages its pool and retries itself.
+    return RedisStore(name, settings)
+
+
 _BUILDERS: dict[str, Callable[[str, _Metadata, Path], StateStore]] = {
     "state.in-memory": _memory,
     "state.sqlite": _sqlite,
+    "state.redis": _redis,
 }
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from state.memory import MemoryStore
+from state.redis import RedisStore, RedisStoreSettings
 from state.sqlite import SqliteSettings, SqliteStore
 from state.store import StateStore
+from tests.backends.redis import RedisServer
 
 STORES = ("memory", "sqlite", "redis", "postgresql")
 _PRESENT = [s for s in STORES if importlib.util.find_spec(f"state.{s}") is not None]
@@ -46,6 +48,17 @@ async def store_sqlite(tmp_path: Path) -> AsyncIterator[StateStore]:
     settings = SqliteSettings(connection_string=str(tmp_path / "state.db"))
     async with SqliteStore("statestore", settings) as store:
         yield store
+
+
+@pytest.fixture
+async def store_redis(redis_server: RedisServer, prefix: str) -> AsyncIterator[StateStore]:
+    """A store on the session's private redis-server; the test's keys are deleted afterwards."""
+    settings = RedisStoreSettings(host="127.0.0.1", port=redis_server.port)
+    async with RedisStore("statestore", settings) as store:
+        yield store
+        keys = [k async for k in store.client.scan_iter(match=prefix.replace("|", "\\|") + "*")]
+        if keys:
+            await store.client.delete(*keys)
 
 
 @pytest.fixture(params=[pytest.param(s, marks=_MARKS.get(s, []), id=s) for s in _PRESENT])

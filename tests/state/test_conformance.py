@@ -279,7 +279,8 @@ async def _load(store: StateStore, key: Key) -> None:
     await store.bulk_set([SetRequest(k, orjson.dumps(v)) for k, v in _docs(key).items()])
     await store.set(SetRequest(key("bin"), b"\xff\x00", is_binary=True))
     await store.set(SetRequest(key("text"), b"plain text"))
-    await store.set(SetRequest("other||p1", orjson.dumps(_docs(key)[key("p1")])))
+    elsewhere = key("p1").replace("app-", "other-", 1)
+    await store.set(SetRequest(elsewhere, orjson.dumps(_docs(key)[key("p1")])))
 
 
 async def _query(store: StateStore, prefix: str, query: Mapping[str, Any]) -> list[str]:
@@ -290,7 +291,7 @@ async def _query(store: StateStore, prefix: str, query: Mapping[str, Any]) -> li
 @pytest.fixture
 def queryable(store: StateStore) -> StateStore:
     if Feature.QUERY_API not in store.features:
-        pytest.skip(f"{store.name} has no query API")
+        pytest.skip(f"{type(store).__name__} has no query API")
     return store
 
 
@@ -363,6 +364,6 @@ async def test_query_on_a_store_without_the_query_api_is_not_supported(
     store: StateStore, prefix: str
 ) -> None:
     if Feature.QUERY_API in store.features:
-        pytest.skip(f"{store.name} has a query API")
+        pytest.skip(f"{type(store).__name__} has a query API")
     with pytest.raises(NotSupported):
         await store.query({}, prefix)

@@ -1,0 +1,349 @@
+"""``state.redis``: Dapr's Redis state layout, so Dapr and omnibus sidecars share keys.
+
+Storage layout (one Redis HASH per state key, the key being the prefixed state key itself)::
+
+    HASH <key>            e.g. "myapp||order-1"
+      data         the value's bytes exactly as saved (JSON text for JSON values)
+      version      the etag: an integer as text, incremented by every write (HINCRBY)
+      first-write  "0", present once the key was saved with first-write concurrency (as Dapr)
+    TTL            the key's own expiry (EXPIRE ttlInSeconds; PERSIST for -1 or no TTL)
+
+Saves and deletes with their etag and first-write checks are single Lua scripts (Dapr's, with the
+TTL folded in so a save and its expiry are atomic).  A transaction WATCHes its keys, checks every
+etag in order against the versions read, and writes in MULTI/EXEC, retrying if a key changed in
+between: all or nothing, unlike Dapr's MULTI of scripts, which cannot roll back.  Bulk gets are one
+pipeline of HGETALL + PEXPIRETIME.  A plain string key (written by very old Dapr versions) reads
+with no etag and is replaced by the next save.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from state._common import given_etag, needs_absent
+from state.errors import (
+    BulkError,
+    ETagInvalid,
+    ETagMismatch,
+    NotSupported,
+    StateError,
+    StoreUnavailable,
+)
+from state.store import (
+    BulkItem,
+    DeleteRequest,
+    Feature,
+    Item,
+    Operation,
+    QueryResult,
+    SetRequest,
+    StoreLifecycle,
+)
+
+_MISMATCH = "ETAG_MISMATCH"
+_WATCH_RETRIES = 10
+
+# KEYS[1] key; ARGV[1] expected etag ("" = none); ARGV[2] data; ARGV[3] "1" = first-write;
+# ARGV[4] TTL seconds (<= 0: no expiry).
+_SET = """
+local version = redis.pcall("HGET", KEYS[1], "version")
+if type(version) == "table" then
+  redis.call("DEL", KEYS[1])
+  version = false
+end
+if ARGV[1] ~= "" then
+  if version ~= ARGV[1] then return redis.error_reply("ETAG_MISMATCH") end
+elseif ARGV[3] == "1" and version then
+  return redis.error_reply("ETAG_MISMATCH")
+end
+redis.call("HSET", KEYS[1], "data", ARGV[2])
+if ARGV[3] == "1" then redis.call("HSET", KEYS[1], "first-write", 0) end
+local new = redis.call("HINCRBY", KEYS[1], "version", 1)
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then redis.call("EXPIRE", KEYS[1], ttl) else redis.call("PERSIST", KEYS[1]) end
+return new
+"""
+
+# KEYS[1] key; ARGV[1] expected etag ("" = none).
+_DELETE = """
+if ARGV[1] == "" then return redis.call("DEL", KEYS[1]) end
+local version = redis.pcall("HGET", KEYS[1], "version")
+if version ~= ARGV[1] then return redis.error_reply("ETAG_MISMATCH") end
+return redis.call("DEL", KEYS[1])
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStoreSettings:
+    """Parsed ``state.redis`` metadata; durations in seconds, ``ttl`` the default TTL."""
+
+    host: str = "localhost"
+    port: int = 6379
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    db: int = 0
+    tls: bool = False
+    actor_state_store: bool = False
+    ttl: int | None = None
+    dial_timeout: float = 5.0
+    read_timeout: float = 3.0
+    pool_size: int | None = None
+
+
+class RedisStore(StoreLifecycle):
+    """A state store on Redis hashes, shareable with Dapr's state.redis."""
+
+    def __init__(self, name: str, settings: RedisStoreSettings) -> None:
+        self.name = name
+        self.settings = settings
+        base = {Feature.ETAG, Feature.TRANSACTIONAL, Feature.TTL}
+        self.features = frozenset(base | ({Feature.ACTOR} if settings.actor_state_store else set()))
+        self._client: aioredis.Redis | None = None
+        self._scripts: tuple[AsyncScript, AsyncScript] | None = None
+
+    async def connect(self) -> None:
+        """Create the client and check the server answers."""
+        if self._client is not None:
+            return
+        s = self.settings
+        client = aioredis.Redis(
+            host=s.host,
+            port=s.port,
+            db=s.db,
+            username=s.username,
+            password=s.password,
+            ssl=s.tls,
+            socket_connect_timeout=s.dial_timeout,
+            socket_timeout=s.read_timeout,
+            max_connections=s.pool_size,
+        )
+        try:
+            await client.ping()
+        except RedisError as exc:
+            await client.aclose()
+            raise _translate(self.name, exc) from exc
+        self._client = client
+        self._scripts = (client.register_script(_SET), client.register_script(_DELETE))
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        client, self._client, self._scripts = self._client, None, None
+        if client is not None:
+            await client.aclose()
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connected client."""
+        if self._client is None:
+            raise StoreUnavailable(f"state store {self.name!r} is not connected")
+        return self._client
+
+    @property
+    def _set(self) -> AsyncScript:
+        if self._scripts is None:
+            raise StoreUnavailable(f"state store {self.name!r} is not connected")
+        return self._scripts[0]
+
+    @property
+    def _delete(self) -> AsyncScript:
+        if self._scripts is None:
+            raise StoreUnavailable(f"state store {self.name!r} is not connected")
+        return self._scripts[1]
+
+    async def get(self, key: str) -> Item | None:
+        """The hash of ``key`` as an item."""
+        return (await self.bulk_get([key]))[0].item
+
+    async def bulk_get(self, keys: Sequence[str]) -> list[BulkItem]:
+        """HGETALL and PEXPIRETIME of every key in one pipeline."""
+        if not keys:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+            pipe.pexpiretime(key)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except RedisError as exc:
+            raise _translate(self.name, exc) from exc
+        result = []
+        for index, key in enumerate(keys):
+            fields, expiry = replies[2 * index], replies[2 * index + 1]
+            result.append(await self._bulk_item(key, fields, expiry))
+        return result
+
+    async def set(self, request: SetRequest) -> str:
+        """Run the save script; its reply is the new version."""
+        args = self._set_args(request)
+        try:
+            version = await self._set(keys=[request.key], args=args)
+        except RedisError as exc:
+            raise _translate(self.name, exc) from exc
+        return str(version)
+
+    async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
+        """Every save script in one pipeline; BulkError lists the ones that failed."""
+        errors: list[tuple[str, StateError]] = []
+        pipe = self.client.pipeline(transaction=False)
+        queued = []
+        for request in requests:
+            try:
+                args = self._set_args(request)
+            except StateError as exc:
+                errors.append((request.key, exc))
+                continue
+            await self._set(keys=[request.key], args=args, client=pipe)
+            queued.append(request.key)
+        try:
+            replies = await pipe.execute(raise_on_error=False) if queued else []
+        except RedisError as exc:
+            raise _translate(self.name, exc) from exc
+        for key, reply in zip(queued, replies, strict=True):
+            if isinstance(reply, Exception):
+                errors.append((key, _translate(self.name, reply)))
+        if errors:
+            order = {request.key: i for i, request in enumerate(requests)}
+            raise BulkError(sorted(errors, key=lambda e: order[e[0]]))
+
+    async def delete(self, request: DeleteRequest) -> None:
+        """Run the delete script."""
+        etag = given_etag(request)
+        _check_etag(etag)
+        try:
+            await self._delete(keys=[request.key], args=[etag or ""])
+        except RedisError as exc:
+            raise _translate(self.name, exc) from exc
+
+    async def transact(self, operations: Sequence[Operation]) -> None:
+        """WATCH the keys, check etags in order, write in MULTI/EXEC; retry if a key changed."""
+        if not operations:
+            return
+        for operation in operations:
+            _check_etag(given_etag(operation))
+        keys = list(dict.fromkeys(op.key for op in operations))
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                for _ in range(_WATCH_RETRIES):
+                    try:
+                        await self._transact_once(pipe, keys, operations)
+                        return
+                    except WatchError:
+                        continue
+        except RedisError as exc:
+            raise _translate(self.name, exc) from exc
+        raise StoreUnavailable(f"state store {self.name!r}: transaction kept conflicting")
+
+    async def query(self, query: Mapping[str, Any], key_prefix: str) -> QueryResult:
+        """Not offered: Dapr's Redis query needs RediSearch/RedisJSON."""
+        raise NotSupported(f"state store {self.name!r} (state.redis) does not support queries")
+
+    async def _transact_once(
+        self, pipe: Any, keys: list[str], operations: Sequence[Operation]
+    ) -> None:
+        await pipe.watch(*keys)
+        versions: dict[str, int | None] = {}
+        plain: set[str] = set()
+        for key in keys:
+            try:
+                raw = await pipe.hget(key, "version")
+            except ResponseError:  # not a hash: replaced, as the save script does
+                raw = None
+                plain.add(key)
+            versions[key] = None if raw is None else int(raw)
+        for operation in operations:
+            _simulate(versions, operation)
+        pipe.multi()
+        for key in plain:
+            pipe.delete(key)
+        for operation in operations:
+            self._queue(pipe, operation)
+        await pipe.execute()
+
+    def _queue(self, pipe: Any, operation: Operation) -> None:
+        if isinstance(operation, DeleteRequest):
+            pipe.delete(operation.key)
+            return
+        pipe.hset(operation.key, "data", operation.value)
+        if needs_absent(operation):
+            pipe.hset(operation.key, "first-write", 0)
+        pipe.hincrby(operation.key, "version", 1)
+        ttl = self._ttl(operation)
+        if ttl > 0:
+            pipe.expire(operation.key, ttl)
+        else:
+            pipe.persist(operation.key)
+
+    def _ttl(self, request: SetRequest) -> int:
+        ttl = self.settings.ttl if request.ttl is None else request.ttl
+        return 0 if ttl is None or ttl < 0 else ttl
+
+    def _set_args(self, request: SetRequest) -> list[Any]:
+        etag = given_etag(request)
+        _check_etag(etag)
+        first_write = "1" if needs_absent(request) else "0"
+        return [etag or "", request.value, first_write, self._ttl(request)]
+
+    async def _bulk_item(self, key: str, fields: Any, expiry: Any) -> BulkItem:
+        if isinstance(fields, ResponseError):  # a plain string value, from before hashes
+            return BulkItem(key, await self._plain(key))
+        if isinstance(fields, Exception):
+            return BulkItem(key, None, str(fields))
+        if not fields:
+            return BulkItem(key, None)
+        data, version = fields.get(b"data"), fields.get(b"version")
+        if data is None or version is None:
+            return BulkItem(key, None, "required hash field 'data' or 'version' was not found")
+        return BulkItem(key, Item(key, data, version.decode(), _expires_at(expiry)))
+
+    async def _plain(self, key: str) -> Item | None:
+        try:
+            value = await self.client.get(key)
+        except RedisError:
+            return None
+        if value is None:
+            return None
+        return Item(key, value.encode() if isinstance(value, str) else value, None)
+
+
+def _check_etag(etag: str | None) -> None:
+    if etag is not None and not etag.lstrip("-").isdigit():
+        raise ETagInvalid(f"etag {etag!r} is not an integer, as Redis etags are")
+
+
+def _simulate(versions: dict[str, int | None], operation: Operation) -> None:
+    """Apply one operation's checks to the versions a transaction has seen so far."""
+    current = versions[operation.key]
+    etag = given_etag(operation)
+    if etag is not None and current != int(etag):
+        raise ETagMismatch(f"etag mismatch for key {operation.key!r}")
+    if isinstance(operation, SetRequest):
+        if needs_absent(operation) and current is not None:
+            raise ETagMismatch(f"first-write: key {operation.key!r} already exists")
+        versions[operation.key] = (current or 0) + 1
+    else:
+        versions[operation.key] = None
+
+
+def _expires_at(reply: Any) -> datetime | None:
+    # PEXPIRETIME: the absolute expiry in ms; -1 = no expiry, -2 = no key.
+    if isinstance(reply, int) and reply > 0:
+        return datetime.fromtimestamp(reply / 1000, UTC)
+    return None
+
+
+def _translate(name: str, exc: Exception) -> StateError:
+    """Our error for a redis-py error."""
+    if isinstance(exc, ResponseError) and _MISMATCH in str(exc):
+        return ETagMismatch(f"etag mismatch (state store {name!r})")
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        return StoreUnavailable(f"state store {name!r}: Redis unreachable: {exc}")
+    return StoreUnavailable(f"state store {name!r}: Redis error: {exc}")

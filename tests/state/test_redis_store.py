@@ -1,0 +1,85 @@
+"""state.redis against Dapr's layout: hashes Dapr wrote read through, ours carry Dapr's fields."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from state.errors import ETagInvalid, ETagMismatch
+from state.redis import RedisStore
+from state.store import Concurrency, DeleteRequest, Feature, SetRequest, StateStore
+
+pytestmark = pytest.mark.redis
+
+Key = Callable[[str], str]
+
+
+@pytest.fixture
+async def store(store_redis: StateStore) -> AsyncIterator[RedisStore]:
+    assert isinstance(store_redis, RedisStore)
+    yield store_redis
+
+
+async def test_a_hash_written_the_way_dapr_writes_it_reads_through(
+    store: RedisStore, key: Key
+) -> None:
+    # Given a hash as Dapr's state.redis writes it (HSET data + HINCRBY version)
+    await store.client.hset(key("dapr"), mapping={"data": '{"color":"blue"}', "version": "7"})
+    # Then it reads with its version as the etag, and a save with that etag bumps it
+    item = await store.get(key("dapr"))
+    assert item is not None and item.value == b'{"color":"blue"}' and item.etag == "7"
+    assert await store.set(SetRequest(key("dapr"), b'{"color":"red"}', etag="7")) == "8"
+    with pytest.raises(ETagMismatch):
+        await store.set(SetRequest(key("dapr"), b"{}", etag="7"))
+
+
+async def test_a_saved_value_has_exactly_dapr_fields(store: RedisStore, key: Key) -> None:
+    await store.set(SetRequest(key("ours"), b'"hello"'))
+    await store.set(SetRequest(key("ours"), b'"again"'))
+    assert await store.client.hgetall(key("ours")) == {b"data": b'"again"', b"version": b"2"}
+    await store.set(SetRequest(key("fw"), b"1", concurrency=Concurrency.FIRST_WRITE))
+    fields = await store.client.hgetall(key("fw"))
+    assert fields == {b"data": b"1", b"version": b"1", b"first-write": b"0"}
+
+
+async def test_ttl_is_the_key_expiry_and_minus_one_persists(store: RedisStore, key: Key) -> None:
+    await store.set(SetRequest(key("t"), b"1", ttl=100))
+    assert 90 < await store.client.ttl(key("t")) <= 100
+    await store.set(SetRequest(key("t"), b"2", ttl=-1))
+    assert await store.client.ttl(key("t")) == -1
+    await store.transact([SetRequest(key("t"), b"3", ttl=50)])
+    assert 40 < await store.client.ttl(key("t")) <= 50
+
+
+async def test_a_plain_string_key_reads_without_etag_and_is_replaced(
+    store: RedisStore, key: Key
+) -> None:
+    await store.client.set(key("old"), b'"legacy"')
+    item = await store.get(key("old"))
+    assert item is not None and item.value == b'"legacy"' and item.etag is None
+    assert await store.set(SetRequest(key("old"), b'"new"')) == "1"
+    assert await store.client.hget(key("old"), "data") == b'"new"'
+
+
+async def test_non_integer_etags_are_invalid(store: RedisStore, key: Key) -> None:
+    await store.set(SetRequest(key("e"), b"1"))
+    with pytest.raises(ETagInvalid):
+        await store.set(SetRequest(key("e"), b"2", etag="abc"))
+    with pytest.raises(ETagInvalid):
+        await store.transact([DeleteRequest(key("e"), etag="abc")])
+
+
+async def test_transaction_versions_continue_from_the_stored_ones(
+    store: RedisStore, key: Key
+) -> None:
+    etag = await store.set(SetRequest(key("v"), b"1"))
+    await store.transact(
+        [SetRequest(key("v"), b"2", etag=etag), SetRequest(key("v"), b"3", etag=str(int(etag) + 1))]
+    )
+    item = await store.get(key("v"))
+    assert item is not None and item.value == b"3" and item.etag == str(int(etag) + 2)
+
+
+async def test_features_include_actor_only_when_configured(store: RedisStore) -> None:
+    assert store.features == {Feature.ETAG, Feature.TRANSACTIONAL, Feature.TTL}

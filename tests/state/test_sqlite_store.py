@@ -1,0 +1,114 @@
+"""state.sqlite against Dapr's state.sqlite layout: same tables, rows Dapr wrote read through."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from state.sqlite import SqliteSettings, SqliteStore
+from state.store import SetRequest
+
+# PRAGMA table_info of Dapr's table: (name, type, notnull, default, pk)
+DAPR_STATE_COLUMNS = [
+    ("key", "TEXT", 1, None, 1),
+    ("value", "TEXT", 1, None, 0),
+    ("is_binary", "BOOLEAN", 1, None, 0),
+    ("etag", "TEXT", 1, None, 0),
+    ("expiration_time", "TIMESTAMP", 0, "NULL", 0),
+    ("update_time", "TIMESTAMP", 1, "CURRENT_TIMESTAMP", 0),
+]
+
+
+def _columns(path: Path, table: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as conn:
+        return [tuple(row[1:]) for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    settings = SqliteSettings(connection_string=str(tmp_path / "state.db"))
+    async with SqliteStore("statestore", settings) as store:
+        yield store
+
+
+async def test_tables_match_dapr(store: SqliteStore, tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    assert _columns(path, "state") == DAPR_STATE_COLUMNS
+    assert [c[0] for c in _columns(path, "metadata")] == ["key", "value"]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM metadata WHERE key='migrations'").fetchone() == (
+            "1",
+        )
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_rows_dapr_wrote_read_through(store: SqliteStore, tmp_path: Path) -> None:
+    # Given rows written by Dapr's SQL: whole-second CURRENT_TIMESTAMP times, base64 binaries
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        conn.executemany(
+            "INSERT INTO state (key, value, is_binary, etag, update_time, expiration_time) "
+            "VALUES (?, ?, ?, ?, CURRENT_TIMESTAMP, "
+            "CASE WHEN ? THEN DATETIME(CURRENT_TIMESTAMP, ?) END)",
+            [
+                ("a||json", '{"n":1}', 0, "etag-1", 0, None),
+                ("a||bin", base64.b64encode(b"\x00\xff").decode(), 1, "etag-2", 1, "+100 seconds"),
+                ("a||gone", '"x"', 0, "etag-3", 1, "-5 seconds"),
+            ],
+        )
+    # Then each reads as Dapr would return it, and the expired one is absent
+    found = await store.bulk_get(["a||json", "a||bin", "a||gone"])
+    assert [(e.item.value, e.item.etag) if e.item else None for e in found] == [
+        (b'{"n":1}', "etag-1"),
+        (b"\x00\xff", "etag-2"),
+        None,
+    ]
+    binary = found[1].item
+    assert binary is not None and binary.expires_at is not None
+    assert await store.set(SetRequest("a||json", b'{"n":2}', etag="etag-1"))
+
+
+async def test_rows_we_write_are_what_dapr_writes(store: SqliteStore, tmp_path: Path) -> None:
+    etag = await store.set(SetRequest("a||bin", b"\x01\x02", is_binary=True, ttl=60))
+    await store.set(SetRequest("a||text", b'"t"'))
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        rows = conn.execute(
+            "SELECT key, value, is_binary, etag, expiration_time > CURRENT_TIMESTAMP "
+            "FROM state ORDER BY key"
+        ).fetchall()
+    assert rows == [("a||bin", "AQI=", 1, etag, 1), ("a||text", '"t"', 0, rows[1][3], None)]
+    assert len(etag) == 36  # a uuid, as Dapr's
+
+
+async def test_purge_deletes_expired_rows_once_per_interval(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    settings = SqliteSettings(connection_string=str(path), cleanup_interval=3600)
+    async with SqliteStore("s", settings) as store:
+        with sqlite3.connect(path) as conn:
+            conn.execute(
+                "INSERT INTO state (key, value, is_binary, etag, expiration_time) "
+                "VALUES ('k', '1', 0, 'e', DATETIME(CURRENT_TIMESTAMP, '-1 seconds'))"
+            )
+        assert await store.purge_expired() is True
+        assert await store.purge_expired() is False  # another purge ran within the interval
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM state").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM metadata WHERE key='last-cleanup'").fetchone()
+
+
+async def test_custom_table_names_and_a_second_store_on_the_same_file(tmp_path: Path) -> None:
+    settings = SqliteSettings(
+        connection_string=f"file:{tmp_path / 'x.db'}?_txlock=immediate",
+        table="mystate",
+        metadata_table="mymeta",
+        disable_wal=True,
+    )
+    async with SqliteStore("one", settings) as one, SqliteStore("two", settings) as two:
+        etag = await one.set(SetRequest("k", b"1"))
+        item = await two.get("k")
+        assert item is not None and item.etag == etag
+    assert _columns(tmp_path / "x.db", "mystate") == DAPR_STATE_COLUMNS
+    assert _columns(tmp_path / "x.db", "mymeta")
