@@ -4,7 +4,12 @@ One :class:`~runtime.http1.Http1Client` for the life of the sidecar (aiohttp's c
 times as much CPU per delivery; see that module); its ``limit`` is ``--app-max-concurrency``
 (-1: unbounded), so at most that many calls are in the app at once and the rest wait.  Every call
 carries ``dapr-api-token`` when ``APP_API_TOKEN`` is set.  Time-outs are the caller's (the
-subscription's processing time-out).
+subscription's processing time-out, the invocation's time-out).
+
+:meth:`AppChannel.call` is the general request service invocation makes: any method, the target
+(path and raw query) as given, multi-valued headers both ways, the answer verbatim.  The channel
+writes ``Host``, ``Content-Length`` and ``dapr-api-token`` itself and drops the hop-by-hop
+headers a caller gives (:data:`HOP_BY_HOP`), as a proxy must.
 """
 
 from __future__ import annotations
@@ -12,18 +17,57 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import orjson
 
+from bus.envelope import Headers
+from bus.errors import OmnibusError
 from runtime.http1 import Http1Client, HttpFailure
 
 log = logging.getLogger("omnibus.runtime")
 
 SUBSCRIBE_PATH = "/dapr/subscribe"
 
+# RFC 9110 7.6.1's connection-specific headers, plus what the channel writes itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+        "host",
+        "content-length",
+        "dapr-api-token",
+    }
+)
 
-class AppUnavailable(Exception):
+
+def is_hop_by_hop(name: str) -> bool:
+    """True for a header that must not be forwarded to (or from) the app as is."""
+    lowered = name.lower()
+    return lowered in HOP_BY_HOP or lowered.startswith("proxy-")
+
+
+class AppUnavailable(OmnibusError):
     """The app could not be reached (connection refused, reset, time-out)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class AppResponse:
+    """The app's answer to :meth:`AppChannel.call`: status, headers and body as sent."""
+
+    status: int
+    headers: Headers
+    body: bytes
 
 
 class AppChannel:
@@ -76,6 +120,26 @@ class AppChannel:
             return await self.client.request("POST", path, body, headers)
         except HttpFailure as exc:
             raise AppUnavailable(str(exc)) from exc
+
+    async def call(
+        self, method: str, target: str, headers: Headers, body: bytes, *, timeout: float
+    ) -> AppResponse:
+        """Send one request to the app; its answer verbatim, or AppUnavailable.
+
+        ``target`` is the path plus the raw query string; hop-by-hop ``headers`` are dropped.
+        A header that cannot be written at all (CR or LF in it) raises
+        :class:`~runtime.http1.InvalidHeader` (an InvalidArgument): the caller's input is wrong.
+        """
+        pairs = [(name, value) for name, value in headers.items() if not is_hop_by_hop(name)]
+        try:
+            async with asyncio.timeout(timeout):
+                status, raw, answer = await self.client.fetch(method, target, body, pairs)
+        except TimeoutError:
+            raise AppUnavailable(f"the app did not answer within {timeout:g}s") from None
+        except HttpFailure as exc:
+            raise AppUnavailable(str(exc)) from exc
+        decoded = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+        return AppResponse(status, decoded, answer)
 
     async def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         """GET ``path`` (start-up calls: bounded by ``timeout``); the status and body."""

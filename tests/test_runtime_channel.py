@@ -1,4 +1,4 @@
-"""The app channel's start-up calls: waiting for the port, reading /dapr/subscribe."""
+"""The app channel: start-up calls (waiting for the port, /dapr/subscribe) and ``call``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from runtime.channel import AppChannel
+from bus.envelope import Headers
+from runtime.channel import AppChannel, AppResponse, AppUnavailable
+from tests.test_runtime_http1 import RawServer, fixed, ok
 
 Serve = Callable[[web.Application], Awaitable[int]]
 
@@ -82,3 +84,79 @@ async def test_wait_until_listening_waits_for_the_health_path(serve: Serve) -> N
         assert not waiting.done()
         healthy = True
         await asyncio.wait_for(waiting, 5)
+
+
+async def test_call_passes_requests_and_answers_verbatim() -> None:
+    reply = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 201 Created\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-App: yes\r\n"
+        b"Content-Length: 4\r\n\r\ndone"
+    )
+    async with RawServer(fixed(reply)) as server:
+        async with AppChannel("127.0.0.1", server.port, app_api_token="app-secret") as channel:
+            given = Headers(
+                [
+                    ("X-Multi", "1"),
+                    ("x-multi", "2"),
+                    ("Connection", "close"),
+                    ("Transfer-Encoding", "chunked"),
+                    ("Proxy-Authorization", "x"),
+                    ("Host", "evil"),
+                    ("dapr-api-token", "the-caller's"),
+                ]
+            )
+            answer = await channel.call("PUT", "/orders/1?a=%2F&b=c+d", given, b"body", timeout=5)
+    assert isinstance(answer, AppResponse)
+    assert (answer.status, answer.body) == (201, b"done")
+    assert answer.headers.get_all("set-cookie") == ["a=1", "b=2"]
+    request = server.requests[0]
+    assert request.startswith(b"PUT /orders/1?a=%2F&b=c+d HTTP/1.1\r\n")
+    assert b"X-Multi: 1\r\nx-multi: 2\r\n" in request
+    assert b"dapr-api-token: app-secret\r\n" in request
+    for dropped in (b"the-caller's", b"close", b"chunked", b"Proxy-", b"evil"):
+        assert dropped not in request
+    assert request.count(b"Host:") == 1 and b"Content-Length: 4\r\n" in request
+
+
+async def test_call_carries_large_and_chunked_bodies() -> None:
+    big = bytes(range(256)) * (9 * 4096)  # 9 MiB
+    chunk = b"%x\r\n%s\r\n" % (len(big), big)
+
+    async def echo_chunked(request: bytes) -> bytes:
+        assert request.endswith(big)
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk + b"0\r\n\r\n"
+
+    async with RawServer(echo_chunked) as server:
+        async with AppChannel("127.0.0.1", server.port) as channel:
+            answer = await channel.call("POST", "/big", Headers(), big, timeout=30)
+    assert answer.status == 200 and answer.body == big
+
+
+async def test_call_head_and_delete() -> None:
+    async def answer(request: bytes) -> bytes:
+        if request.startswith(b"HEAD"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"
+        return ok(b"", "204 No Content")
+
+    async with RawServer(answer) as server:
+        async with AppChannel("127.0.0.1", server.port) as channel:
+            head = await channel.call("HEAD", "/x", Headers(), b"", timeout=5)
+            gone = await channel.call("DELETE", "/x", Headers(), b"", timeout=5)
+    assert (head.status, head.body, head.headers.get("content-length")) == (200, b"", "99")
+    assert gone.status == 204
+
+
+async def test_call_failures_are_app_unavailable() -> None:
+    async def never(request: bytes) -> bytes:
+        await asyncio.sleep(10)
+        return ok()
+
+    async with RawServer(never) as server:
+        async with AppChannel("127.0.0.1", server.port) as channel:
+            with pytest.raises(AppUnavailable, match="within 0.1s"):
+                await channel.call("GET", "/slow", Headers(), b"", timeout=0.1)
+        port = server.port
+    async with AppChannel("127.0.0.1", port) as channel:
+        with pytest.raises(AppUnavailable, match="Refused|Errno") as raised:
+            await channel.call("GET", "/", Headers(), b"", timeout=5)
+    assert raised.value.reason

@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 import uvloop
 
-from runtime.http1 import Http1Client, HttpFailure
+from runtime.http1 import (
+    _MAX_TARGETS,
+    MAX_RESPONSE_HEAD,
+    Http1Client,
+    HttpFailure,
+    InvalidHeader,
+    encode_headers,
+    request_target,
+)
 
 Answer = Callable[[bytes], Awaitable[bytes | None]]  # a request -> its answer (None: hang up)
 
@@ -253,3 +261,112 @@ async def test_ipv6_hosts_are_bracketed() -> None:
     finally:
         await server.__aexit__(None, None, None)
     assert f"Host: [::1]:{server.port}\r\n".encode() in server.requests[0]
+
+
+@on_both_loops
+async def test_head_answers_end_with_their_headers() -> None:
+    """A HEAD answer announces the length of the GET answer but carries no body."""
+    async with RawServer(fixed(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")) as server:
+        client = Http1Client("127.0.0.1", server.port)
+        for _ in range(2):  # and the connection stays usable
+            async with asyncio.timeout(5):
+                status, headers, body = await client.fetch("HEAD", "/doc")
+            assert (status, body) == (200, b"")
+            assert headers == [(b"Content-Length", b"1234")]
+        await client.close()
+    assert server.connections == 1
+
+
+@on_both_loops
+async def test_a_drop_after_100_continue_is_not_retried() -> None:
+    """The app saw the request (it answered 100): sending it again would deliver it twice."""
+    second: list[bytes] = []
+
+    async def continue_then_hang_up(request: bytes) -> bytes | None:
+        if b"second" not in request:
+            return ok(b"first")
+        second.append(request)
+        server.writers[-1].write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await server.writers[-1].drain()
+        return None  # and hang up
+
+    async with RawServer(continue_then_hang_up) as server:
+        client = Http1Client("127.0.0.1", server.port)
+        assert await client.request("POST", "/a", b"first") == (200, b"first")
+        with pytest.raises(HttpFailure, match="mid-answer"):
+            await client.request("POST", "/a", b"second")
+        await client.close()
+    assert len(second) == 1
+
+
+@on_both_loops
+async def test_idle_connections_expire() -> None:
+    async with RawServer(fixed(ok(b"x"))) as server:
+        client = Http1Client("127.0.0.1", server.port, idle_timeout=0.1)
+        await asyncio.gather(*(client.request("POST", "/a", b"1") for _ in range(3)))
+        assert client.idle_connections == 3
+        async with asyncio.timeout(5):
+            while client.idle_connections:
+                await asyncio.sleep(0.02)
+        assert await client.request("POST", "/a", b"2") == (200, b"x")  # a fresh one
+        await client.close()
+    assert server.connections == 4
+
+
+async def test_the_target_cache_is_bounded() -> None:
+    async with RawServer(fixed(ok())) as server:
+        client = Http1Client("127.0.0.1", server.port)
+        for i in range(_MAX_TARGETS + 10):
+            client._encode("GET", f"/item/{i}", b"", None)
+        assert len(client._targets) <= _MAX_TARGETS
+        await client.close()
+
+
+@on_both_loops
+async def test_a_huge_answer_head_is_refused() -> None:
+    huge = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (MAX_RESPONSE_HEAD + 10) + b"\r\n\r\n"
+    async with RawServer(fixed(huge)) as server:
+        client = Http1Client("127.0.0.1", server.port)
+        with pytest.raises(HttpFailure, match="headers exceed"):
+            await client.request("GET", "/a")
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Content-Length", "transfer-encoding", "Host", "Connection", "TE", "Upgrade", "Expect"],
+)
+def test_framing_headers_of_a_caller_are_refused(name: str) -> None:
+    with pytest.raises(InvalidHeader, match="client's own"):
+        encode_headers({name: "1"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("X-A", "1\r\nHost: evil"), ("X-A", "a\nb"), ("X-A", "a\x00b"), ("X\r\nA", "1"), ("", "1")],
+)
+def test_line_breaking_headers_are_refused(name: str, value: str) -> None:
+    with pytest.raises(InvalidHeader, match="invalid HTTP header"):
+        encode_headers([(name, value)])
+
+
+def test_request_targets_pass_through_byte_exact() -> None:
+    assert request_target("/a/b?x=%2F&y=a+b&z=[1]&w={}") == b"/a/b?x=%2F&y=a+b&z=[1]&w={}"
+    assert request_target("orders v2/ä#frag") == b"/orders%20v2/%C3%A4%23frag"
+
+
+async def test_multi_valued_answer_headers_in_order() -> None:
+    reply = (
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-One: 1\r\nSet-Cookie: b=2\r\n"
+        b"Content-Length: 2\r\n\r\nok"
+    )
+    async with RawServer(fixed(reply)) as server:
+        client = Http1Client("127.0.0.1", server.port)
+        status, headers, body = await client.fetch(
+            "PATCH", "/x?q=1", b"{}", [("X-Multi", "1"), ("X-Multi", "2")]
+        )
+        await client.close()
+    assert (status, body) == (200, b"ok")
+    assert [v for k, v in headers if k == b"Set-Cookie"] == [b"a=1", b"b=2"]
+    assert server.requests[0].startswith(b"PATCH /x?q=1 HTTP/1.1\r\n")
+    assert b"X-Multi: 1\r\nX-Multi: 2\r\n" in server.requests[0]
