@@ -130,6 +130,14 @@ class Sidecar(Proc):
         reply = self.post(f"/v1.0/publish/{pubsub}/{topic}", json=data, **kwargs)
         assert reply.status_code == 204, reply.text
 
+    def publish_bulk(self, topic: str, events: list[Any], pubsub: str = "pubsub") -> None:
+        entries = [
+            {"entryId": str(i), "event": event, "contentType": "application/json"}
+            for i, event in enumerate(events)
+        ]
+        reply = self.post(f"/v1.0-alpha1/publish/bulk/{pubsub}/{topic}", json=entries)
+        assert reply.status_code == 204, reply.text
+
     def wait_healthy(self, timeout: float = 30.0) -> None:
         def healthy() -> bool:
             if self.popen.poll() is not None:

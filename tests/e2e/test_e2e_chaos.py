@@ -21,9 +21,9 @@ def test_sigkilled_sidecar_restarted_delivers_every_message(
     app_id = cluster.app_id("sub")
     subscriber = cluster.sidecar(app_id, resources, app=app)
     publisher = cluster.sidecar(cluster.app_id("pub"), resources)
-    # When the subscriber is killed -9 while deliveries are under way
-    for n in range(150):
-        publisher.publish(topic, {"n": n})
+    # When the subscriber is killed -9 while deliveries are under way (one bulk publish, so the
+    # stream is in the broker before the slow app can have taken it all, however busy the machine)
+    publisher.publish_bulk(topic, [{"n": n} for n in range(150)])
     wait_until(lambda: len(app.received("/in")) >= 20, what="deliveries under way")
     subscriber.kill()
     assert len(app.received("/in")) < 150, "the kill came after the stream had ended"
