@@ -35,7 +35,7 @@ import orjson
 
 from bus.message import Message, Outcome
 from components.specs import SubscriptionSpec
-from runtime.channel import AppChannel, AppUnavailable
+from runtime.channel import AppChannel, AppUnavailable, is_hop_by_hop
 from runtime.cloudevents import CLOUDEVENT_CONTENT_TYPE, has_expired, raw_envelope
 from runtime.routing import Router, RoutingError
 
@@ -45,6 +45,14 @@ _STATUSES = {"": Outcome.SUCCESS, "SUCCESS": Outcome.SUCCESS, "DROP": Outcome.DR
 _TRACEPARENT = re.compile(rb'"traceparent"\s*:\s*"([^"\\]*)"')
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")  # what every HTTP stack accepts as is
+
+
+# Headers of a delivery that are the sidecar's to write (besides the hop-by-hop ones).
+_SIDECAR_HEADERS = frozenset({"content-type", "traceparent", "pubsubname"})
+
+
+def _reserved(lowered: str) -> bool:
+    return lowered in _SIDECAR_HEADERS or is_hop_by_hop(lowered)
 
 
 def outcome_of(status: int, body: bytes) -> Outcome:
@@ -77,13 +85,19 @@ class Prepared:
 def message_headers(message: Message, pubsubname: str, traceparent: str | None) -> dict[str, str]:
     """The message metadata as HTTP headers, plus ``pubsubName`` and ``traceparent``.
 
-    Metadata that cannot travel as a header (a name with spaces, a value with line breaks or
-    non-ASCII text) is left out rather than failing the delivery.
+    The publisher chooses the metadata, so none of it may frame the request or steer the
+    connection (``Content-Length``, ``Transfer-Encoding``, ``Host``, hop-by-hop headers, which
+    would let it smuggle a second request into the app's kept-alive connection), nor stand in
+    for a header the sidecar writes (``Content-Type``, ``traceparent``, ``pubsubName``,
+    ``dapr-api-token``).  Metadata that cannot travel as a header (a name with spaces, a value
+    with line breaks or non-ASCII text) is left out too, rather than failing the delivery.
     """
     headers = {
         key: value
         for key, value in message.metadata.items()
-        if _HEADER_NAME.fullmatch(key) and _HEADER_VALUE.fullmatch(value)
+        if _HEADER_NAME.fullmatch(key)
+        and _HEADER_VALUE.fullmatch(value)
+        and not _reserved(key.lower())
     }
     headers["pubsubName"] = pubsubname
     if traceparent:

@@ -19,10 +19,12 @@ from runtime.bulk import entry_outcomes
 from runtime.channel import AppChannel
 from runtime.delivery import outcome_of
 from runtime.publish import PublishContext, make_message
+from runtime.publish_api import query_metadata
 from runtime.pubsubs import PubSubs
 from runtime.subscriptions import open_subscriptions, subscription_options, unique_subscriptions
 from tests.helpers import eventually
 from tests.runtime_asgi import Component
+from tests.test_runtime_http1 import RawServer, ok
 
 Answer = Callable[[dict[str, Any], int], web.Response]
 
@@ -322,3 +324,51 @@ async def test_metadata_that_cannot_be_a_header_is_left_out(world: World) -> Non
     assert headers["plain"] == "ok"
     assert "Injected" not in headers
     assert not {"bad name", "broken", "text"} & set(headers)
+
+
+SMUGGLING = (
+    b"metadata.Content-Length=0&metadata.Transfer-Encoding=chunked&metadata.Host=evil"
+    b"&metadata.content-type=text/evil&metadata.TRACEPARENT=00-evil&metadata.dapr-api-token=stolen"
+    b"&metadata.Connection=close&metadata.Keep-Alive=1&metadata.TE=trailers&metadata.Trailer=X"
+    b"&metadata.Upgrade=h2c&metadata.Proxy-Authorization=x&metadata.Expect=100-continue"
+    b"&metadata.pubsubname=other&metadata.X-Order=42&metadata.partitionKey=p1"
+)
+
+
+async def test_metadata_never_frames_the_delivery_or_overrides_sidecar_headers() -> None:
+    received: list[bytes] = []
+
+    async def record(request: bytes) -> bytes:
+        received.append(request)
+        return ok()
+
+    broker = MemoryBroker(MemoryHub())
+    pubsubs = PubSubs([Component("pubsub", broker)])
+    await pubsubs.connect()
+    async with (
+        RawServer(record) as app,
+        AppChannel("127.0.0.1", app.port, app_api_token="tok") as ch,
+    ):
+        (running,) = await open_subscriptions([spec("orders")], pubsubs, ch, "orders-app")
+        ctx = PublishContext("pubsub", "orders", "publisher")
+        message = make_message(b'{"n": 1}', "application/json", query_metadata(SMUGGLING), ctx)
+        await pubsubs.publisher("pubsub").publish("orders", [message])
+        await eventually(lambda: received)
+        await pubsubs.close()
+    head, _, body = received[0].partition(b"\r\n\r\n")
+    lines = [line.split(b":", 1) for line in head.split(b"\r\n")[1:]]
+    headers: dict[bytes, list[bytes]] = {}
+    for name, value in lines:
+        headers.setdefault(name.lower(), []).append(value.strip())
+    event = orjson.loads(body)
+    assert headers[b"content-length"] == [str(len(body)).encode()]
+    assert headers[b"host"] == [f"127.0.0.1:{app.port}".encode()]
+    assert headers[b"content-type"] == [b"application/cloudevents+json"]
+    assert headers[b"traceparent"] == [event["traceparent"].encode()]
+    assert headers[b"dapr-api-token"] == [b"tok"]
+    assert headers[b"pubsubname"] == [b"pubsub"]
+    for hop in (b"transfer-encoding", b"connection", b"keep-alive", b"te", b"trailer"):
+        assert hop not in headers
+    for hop in (b"upgrade", b"proxy-authorization", b"expect"):
+        assert hop not in headers
+    assert headers[b"x-order"] == [b"42"] and headers[b"partitionkey"] == [b"p1"]
