@@ -13,12 +13,14 @@ from pathlib import Path
 from bus.errors import ConfigError, InvalidArgument
 from bus.options import parse_bool, parse_duration
 from state.memory import MemorySettings, MemoryStore
+from state.postgresql import PostgresSettings, PostgresStore
 from state.redis import RedisStore, RedisStoreSettings
 from state.sqlite import SqliteSettings, SqliteStore
 from state.store import StateStore
 
 STORE_TYPES = ("state.in-memory", "state.sqlite", "state.redis", "state.postgresql")
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_]+")
+_QUALIFIED = re.compile(r"(?:[A-Za-z0-9_]+\.)?[A-Za-z0-9_]+")
 
 
 class _Metadata:
@@ -47,10 +49,13 @@ class _Metadata:
         found = self.raw(*names)
         return default if found is None else found[1]
 
-    def identifier(self, name: str, *, default: str) -> str:
+    def identifier(self, name: str, *, default: str, qualified: bool = False) -> str:
         value = self.string(name, default=default)
-        if not _IDENTIFIER.fullmatch(value):
-            raise self.fail(name, "a table name of letters, digits and underscores")
+        if value == default == "":
+            return value
+        if not (_QUALIFIED if qualified else _IDENTIFIER).fullmatch(value):
+            schema = "[schema.]" if qualified else ""
+            raise self.fail(name, f"a {schema}table name of letters, digits and underscores")
         return value
 
     def boolean(self, name: str, *, default: bool) -> bool:
@@ -152,10 +157,31 @@ def _redis(name: str, md: _Metadata, home: Path) -> StateStore:
     return RedisStore(name, settings)
 
 
+def _postgresql(name: str, md: _Metadata, home: Path) -> StateStore:
+    found = md.raw("connectionString")
+    if found is None:
+        raise md.fail("connectionString", "a PostgreSQL connection string (it is required)")
+    table = md.identifier("tableName", default="", qualified=True)
+    timeout = md.duration("timeout", default=20.0, seconds_alias="timeoutInSeconds")
+    settings = PostgresSettings(
+        connection_string=found[1],
+        table_prefix=md.identifier("tablePrefix", default="", qualified=True),
+        table=table or None,
+        metadata_table=md.identifier("metadataTableName", default="dapr_metadata", qualified=True),
+        timeout=_positive(timeout, 20.0),
+        cleanup_interval=md.duration(
+            "cleanupInterval", default=3600.0, seconds_alias="cleanupIntervalInSeconds"
+        ),
+        max_connections=md.integer("maxConns", default=10, minimum=1),
+    )
+    return PostgresStore(name, settings)
+
+
 _BUILDERS: dict[str, Callable[[str, _Metadata, Path], StateStore]] = {
     "state.in-memory": _memory,
     "state.sqlite": _sqlite,
     "state.redis": _redis,
+    "state.postgresql": _postgresql,
 }
 
 

@@ -8,6 +8,7 @@ unique and removed afterwards).
 from __future__ import annotations
 
 import importlib.util
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -15,14 +16,28 @@ from pathlib import Path
 import pytest
 
 from state.memory import MemoryStore
+from state.postgresql import PostgresSettings, PostgresStore
 from state.redis import RedisStore, RedisStoreSettings
 from state.sqlite import SqliteSettings, SqliteStore
 from state.store import StateStore
+from tests.backends import missing_service
 from tests.backends.redis import RedisServer
+
+POSTGRES = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
 STORES = ("memory", "sqlite", "redis", "postgresql")
 _PRESENT = [s for s in STORES if importlib.util.find_spec(f"state.{s}") is not None]
 _MARKS = {"redis": [pytest.mark.redis]}
+
+
+@pytest.fixture(scope="session")
+def postgres_reachable() -> bool:
+    """Whether PostgreSQL listens on 127.0.0.1:5432 (checked once per session)."""
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 @pytest.fixture
@@ -59,6 +74,38 @@ async def store_redis(redis_server: RedisServer, prefix: str) -> AsyncIterator[S
         keys = [k async for k in store.client.scan_iter(match=prefix.replace("|", "\\|") + "*")]
         if keys:
             await store.client.delete(*keys)
+
+
+def postgres_settings(**overrides: object) -> PostgresSettings:
+    """Settings for tables of their own (``omnibus_<random>_state``) in the test database."""
+    unique = f"omnibus_{uuid.uuid4().hex[:10]}_"
+    fields: dict[str, object] = {
+        "connection_string": POSTGRES,
+        "table_prefix": unique,
+        "metadata_table": f"{unique}metadata",
+        "cleanup_interval": 0,
+    }
+    fields.update(overrides)
+    return PostgresSettings(**fields)  # type: ignore[arg-type]
+
+
+async def drop_postgres_tables(store: PostgresStore) -> None:
+    """Remove what a test store created."""
+    async with store.pool.acquire() as conn:
+        await conn.execute(f"DROP TABLE IF EXISTS {store.settings.state_table}")
+        await conn.execute(f"DROP TABLE IF EXISTS {store.settings.metadata_table}")
+
+
+@pytest.fixture
+async def store_postgresql(postgres_reachable: bool) -> AsyncIterator[StateStore]:
+    """A store on tables unique to the test, dropped afterwards."""
+    if not postgres_reachable:
+        missing_service("PostgreSQL is not reachable on 127.0.0.1:5432")
+    async with PostgresStore("statestore", postgres_settings()) as store:
+        try:
+            yield store
+        finally:
+            await drop_postgres_tables(store)
 
 
 @pytest.fixture(params=[pytest.param(s, marks=_MARKS.get(s, []), id=s) for s in _PRESENT])
