@@ -18,11 +18,13 @@ import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from bus.broker import BaseBroker
 from bus.errors import InvalidArgument
 from components.specs import SubscriptionSpec
+from invoke.client import Invoker
+from runtime.api import invoke as invoke_api
 from runtime.channel import AppChannel
 from runtime.errors import (
     ERR_HEALTH_APPID_NOT_MATCH,
@@ -66,6 +68,7 @@ class SidecarState:
     instance: str = ""
     bus: BaseBroker | None = None  # the system bus (runtime.system_bus), connected at start
     channel: AppChannel | None = None  # the app channel, once the app port is up
+    invoker: Invoker | None = None  # service invocation (runtime.api.invoke)
 
     @property
     def outbound_ready(self) -> bool:
@@ -251,6 +254,8 @@ def build_app(
     Single publishes are served by :class:`~runtime.publish_api.PublishEndpoint` before the
     router; everything else by Starlette.
     """
-    app = Starlette(routes=SidecarApi(state).routes(), lifespan=lifespan)
+    routes: list[BaseRoute] = [*SidecarApi(state).routes()]
+    routes += invoke_api.routes(state)  # last: the dapr-app-id form takes any path
+    app = Starlette(routes=routes, lifespan=lifespan)
     endpoint = PublishEndpoint(app, pubsubs=state.pubsubs, app_id=state.app_id)
     return ApiGuard(endpoint, api_token=api_token, max_body_size=max_body_size)

@@ -1,0 +1,298 @@
+"""Service invocation's HTTP front end: Dapr's ``/v1.0/invoke/{app-id}/method/{path...}``.
+
+Addressing, in Dapr's order (``pkg/api/http/directmessaging.go``):
+
+1. a ``dapr-app-id`` header, on any path the sidecar does not serve itself: the whole path is the
+   method (the header is not forwarded);
+2. Basic auth with user ``dapr-app-id`` and the app id as password, likewise;
+3. ``/v1.0/invoke/{app-id}/method/{path...}`` with any verb.
+
+The method is read from the *raw* path (``raw_path`` of the ASGI scope), so percent-encoded
+segments reach the app as the caller wrote them (``a%2Fb`` stays one segment); duplicate slashes,
+``.`` and ``..`` are cleaned as Go's ``path.Clean`` does.  The raw query string, the verb, the body
+and every header pass through, less the hop-by-hop ones, ``dapr-app-id`` and ``dapr-api-token``.
+Added, overwriting whatever the caller sent (an app cannot spoof them): ``dapr-caller-app-id``,
+``dapr-callee-app-id``, ``X-Forwarded-For`` (the caller's address), ``X-Forwarded-Host`` (the
+``Host`` it called), ``X-Forwarded-Proto``, ``Forwarded`` (RFC 7239) and ``traceparent`` (a child
+span of the caller's trace, else a new trace).  Dapr appends its own host to ``X-Forwarded-*``
+instead; omnibus replaces them, since the caller is the local app and no proxy chain precedes it.
+The callee's ``APP_API_TOKEN`` is added by the callee's app channel.
+
+The callee's status, headers (every value) and body come back verbatim, non-2xx included, less
+hop-by-hop headers.  Errors are Dapr's: no app id 404 ``ERR_DIRECT_INVOKE``; no running instance,
+the app not listening, a time-out 500 ``ERR_DIRECT_INVOKE`` ("failed to invoke, id: X, err: ...");
+a body over ``--max-body-size`` 413 (the :class:`~runtime.middleware.ApiGuard`).
+
+``Prefer: respond-async`` hands the call to the async invocations of ``state.invocations``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+import secrets
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import Receive, Scope, Send
+
+from bus.envelope import Headers
+from bus.message import validate_name
+from components.specs import Resources
+from invoke.call import AppCaller, Call, Reply
+from invoke.client import Invoker
+from invoke.errors import AppUnreachable, InvokeError
+from invoke.server import DEFAULT_CONCURRENCY
+from runtime.channel import AppChannel, AppUnavailable, is_hop_by_hop
+from runtime.errors import ApiError, api_error
+
+if TYPE_CHECKING:
+    from runtime.app import SidecarState
+
+log = logging.getLogger("omnibus.runtime")
+
+ERR_DIRECT_INVOKE = "ERR_DIRECT_INVOKE"
+APP_ID_HEADER = "dapr-app-id"
+INVOCATION_ID_HEADER = "dapr-invocation-id"
+INVOKE_PREFIX = "/v1.0/invoke/"
+_METHOD_MARK = "/method/"
+_NO_APP_ID = "failed getting app id either from the URL path or the header dapr-app-id"
+# Never forwarded as the caller sent them: the sidecar's own, and the ones it writes itself.
+_DROPPED = frozenset(
+    {
+        APP_ID_HEADER,
+        "dapr-api-token",
+        "dapr-caller-app-id",
+        "dapr-callee-app-id",
+        "dapr-caller-namespace",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "forwarded",
+        "traceparent",
+    }
+)
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})")
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def routes(state: SidecarState) -> list[BaseRoute]:
+    """The invocation routes; mount them LAST: the ``dapr-app-id`` form takes any path."""
+    return [InvokeRoute(state)]
+
+
+class InvokeRoute(BaseRoute):
+    """Matches ``/v1.0/invoke/...`` and any request that names an app id in its headers."""
+
+    def __init__(self, state: SidecarState) -> None:
+        self.state = state
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        """FULL for an invocation; routes mounted before this one win for their own paths."""
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        if scope["path"].startswith(INVOKE_PREFIX) or _header_app_id(scope) is not None:
+            return Match.FULL, {}
+        return Match.NONE, {}
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+        """Not addressable by name."""
+        raise NotImplementedError
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one invocation; every failure becomes Dapr's error body."""
+        request = Request(scope, receive)
+        try:
+            response = await self._invoke(request)
+        except InvokeError as exc:
+            response = ApiError(500, ERR_DIRECT_INVOKE, str(exc)).response()
+        except Exception as exc:
+            response = api_error(exc, failure=ERR_DIRECT_INVOKE).response()
+        await response(scope, receive, send)
+
+    async def _invoke(self, request: Request) -> Response:
+        state = self.state
+        target = find_target(request.scope)
+        if target is None:
+            raise ApiError(404, ERR_DIRECT_INVOKE, _NO_APP_ID)
+        app_id, method = target
+        validate_name(app_id, "app id")
+        call = Call(
+            app_id=app_id,
+            method=method,
+            verb=request.method.upper(),
+            query=request.scope["query_string"].decode("latin-1"),
+            headers=forward_headers(request.scope, caller=state.app_id, callee=app_id),
+            body=await request.body(),
+            caller=state.app_id,
+        )
+        if "respond-async" in _preferences(request.headers.getlist("prefer")):
+            invocations = getattr(state, "invocations", None)
+            if invocations is None:
+                raise ApiError(501, ERR_DIRECT_INVOKE, "async invocations are not enabled")
+            response: Response = await invocations.submit(call, request)
+            return response
+        if state.invoker is None:
+            raise ApiError(500, ERR_DIRECT_INVOKE, "invoke API is not ready")
+        reply = await state.invoker.invoke(call)
+        return reply_response(reply, head=call.verb == "HEAD")
+
+
+def find_target(scope: Scope) -> tuple[str, str] | None:
+    """The callee app id and the raw method path of a request, or None if it names no app."""
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    path = raw_path.decode("latin-1").partition("?")[0]
+    header_id = _header_app_id(scope)
+    if header_id is not None:
+        return header_id, clean_path(path)
+    if not path.startswith(INVOKE_PREFIX):
+        return None
+    rest = path[len(INVOKE_PREFIX) :].lstrip("/")
+    index = rest.find(_METHOD_MARK)
+    if index <= 0:
+        return None
+    app_id = unquote(rest[:index])
+    return (app_id, clean_path(rest[index + len(_METHOD_MARK) :])) if app_id else None
+
+
+def clean_path(path: str) -> str:
+    """Go's ``path.Clean`` of a method path, without its leading slash (never above the root)."""
+    parts: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(segment)
+    return "/".join(parts)
+
+
+def _header_app_id(scope: Scope) -> str | None:
+    authorization = None
+    for name, value in scope["headers"]:
+        if name == b"dapr-app-id" and value:
+            return str(value.decode("latin-1"))
+        if name == b"authorization":
+            authorization = value
+    if authorization is None or not authorization.startswith(b"Basic "):
+        return None
+    try:
+        user, sep, password = base64.b64decode(authorization[6:], validate=True).partition(b":")
+    except (binascii.Error, ValueError):
+        return None
+    if sep and user.lower() == b"dapr-app-id" and password and b":" not in password:
+        return str(password.decode("latin-1"))
+    return None
+
+
+def _preferences(values: Iterable[str]) -> set[str]:
+    """The preference tokens of ``Prefer`` headers (RFC 7240), lower-cased, parameters dropped."""
+    return {
+        token.split(";")[0].split("=")[0].strip().lower()
+        for value in values
+        for token in value.split(",")
+    }
+
+
+def forward_headers(scope: Scope, *, caller: str, callee: str) -> Headers:
+    """The headers the callee's app receives (see the module docstring)."""
+    received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+    listed = {
+        token.strip().lower()
+        for name, value in received
+        if name == "connection"
+        for token in value.split(",")
+    }
+    headers = Headers(
+        (name, value)
+        for name, value in received
+        if name not in _DROPPED and name not in listed and not is_hop_by_hop(name)
+    )
+    given = dict(received)
+    client = scope.get("client") or ("", 0)
+    host = given.get("host", "")
+    proto = scope.get("scheme", "http")
+    headers.add("dapr-caller-app-id", caller)
+    headers.add("dapr-callee-app-id", callee)
+    headers.add("X-Forwarded-For", client[0])
+    headers.add("X-Forwarded-Host", host)
+    headers.add("X-Forwarded-Proto", proto)
+    address = f'"[{client[0]}]"' if ":" in client[0] else client[0]
+    headers.add("Forwarded", f"for={address};host={host};proto={proto}")
+    headers.add("traceparent", child_traceparent(given.get("traceparent")))
+    return headers
+
+
+def child_traceparent(given: str | None) -> str:
+    """A W3C traceparent for the hop to the callee: same trace and flags, a new span id."""
+    match = _TRACEPARENT.fullmatch(given.strip()) if given else None
+    if match is not None and match[1] != "0" * 32:
+        trace, flags = match[1], match[2]
+    else:
+        trace, flags = secrets.token_hex(16), "01"
+    return f"00-{trace}-{secrets.token_hex(8)}-{flags}"
+
+
+def reply_response(reply: Reply, *, head: bool = False) -> Response:
+    """The callee's reply as the caller's response: status, every header value, body."""
+    response = Response(status_code=reply.status)
+    raw = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in reply.headers.items()
+        if not is_hop_by_hop(name)
+    ]
+    if head:
+        # The app's own Content-Length describes the body a GET would have had.
+        length = reply.headers.get("content-length")
+        if length is not None and length.isdigit():
+            raw.append((b"content-length", length.encode()))
+    elif reply.status not in _NO_BODY_STATUSES and not 100 <= reply.status < 200:
+        raw.append((b"content-length", str(len(reply.body)).encode()))
+    response.body = b"" if head else reply.body
+    response.raw_headers = raw
+    return response
+
+
+def channel_caller(channel: AppChannel) -> AppCaller:
+    """The :class:`AppCaller` of this sidecar's app, over its app channel."""
+
+    async def call_app(call: Call, timeout: float) -> Reply:
+        target = "/" + call.method + (f"?{call.query}" if call.query else "")
+        headers = call.headers
+        if call.invocation_id is not None:
+            headers = headers.copy()
+            headers.set(INVOCATION_ID_HEADER, call.invocation_id)
+        try:
+            answer = await channel.call(call.verb, target, headers, call.body, timeout=timeout)
+        except AppUnavailable as exc:
+            raise AppUnreachable(str(exc) or "the app is not reachable") from exc
+        kept = Headers((k, v) for k, v in answer.headers.items() if not is_hop_by_hop(k))
+        return Reply(answer.status, kept, answer.body)
+
+    return call_app
+
+
+def build_invoker(state: SidecarState, resources: Resources) -> Invoker:
+    """The sidecar's invoker over its system bus, with the apps' Resiliency policies."""
+    return Invoker(state.bus, state.app_id)
+
+
+async def serve_invocations(state: SidecarState, channel: AppChannel, concurrency: int) -> None:
+    """Once the app channel is up: serve the app's invocations and call it directly for itself."""
+    if state.invoker is not None:
+        bound = concurrency if concurrency > 0 else DEFAULT_CONCURRENCY
+        await state.invoker.serve(channel_caller(channel), concurrency=bound)
+
+
+async def stop_invocations(state: SidecarState) -> None:
+    """At shutdown, before the app channel closes: stop taking invocations."""
+    if state.invoker is not None:
+        await state.invoker.close()
