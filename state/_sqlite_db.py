@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 if TYPE_CHECKING:
     from state.sqlite import SqliteSettings
@@ -38,16 +38,18 @@ def _is_memory(connection_string: str) -> bool:
     return lowered.startswith(":memory:") or lowered.startswith("file::memory:")
 
 
-def _uri(connection_string: str) -> tuple[str, bool]:
-    """A sqlite3 URI and whether it is read-only, from a path or a ``file:`` URI."""
+def _uri(connection_string: str) -> tuple[str, Path | None, bool]:
+    """A sqlite3 URI, the file's path (None in memory) and whether it is read-only."""
+    if _is_memory(connection_string):
+        return ":memory:" if connection_string.startswith(":") else connection_string, None, False
     if not connection_string.lower().startswith("file:"):
-        if _is_memory(connection_string):
-            return ":memory:", False
-        return Path(connection_string).expanduser().resolve().as_uri(), False
+        path = Path(connection_string).expanduser().resolve()
+        return path.as_uri(), path, False
     base, _, query = connection_string.partition("?")
     options = [(k, v) for k, v in parse_qsl(query) if not k.startswith(_DRIVER_OPTIONS)]
     read_only = ("mode", "ro") in options or ("immutable", "1") in options
-    return base + ("?" + urlencode(options) if options else ""), read_only
+    path = Path(unquote(base[len("file:") :]).removeprefix("//"))
+    return base + ("?" + urlencode(options) if options else ""), path, read_only
 
 
 class Database:
@@ -60,10 +62,9 @@ class Database:
     @classmethod
     def open(cls, settings: SqliteSettings) -> Database:
         """Connect, set the pragmas and bring the tables to Dapr's migration level 1."""
-        uri, read_only = _uri(settings.connection_string)
-        if uri != ":memory:" and not uri.startswith("file::memory:"):
-            path = uri.removeprefix("file:").partition("?")[0]
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        uri, path, read_only = _uri(settings.connection_string)
+        if path is not None and not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
             uri,
             uri=uri.startswith("file:"),

@@ -112,3 +112,21 @@ async def test_custom_table_names_and_a_second_store_on_the_same_file(tmp_path: 
         assert item is not None and item.etag == etag
     assert _columns(tmp_path / "x.db", "mystate") == DAPR_STATE_COLUMNS
     assert _columns(tmp_path / "x.db", "mymeta")
+
+
+@pytest.mark.parametrize("spelling", ["path", "uri"])
+async def test_a_new_directory_with_spaces_is_created(tmp_path: Path, spelling: str) -> None:
+    path = tmp_path / "new dir" / "state db.sqlite"
+    connection = str(path) if spelling == "path" else f"file:{path}"
+    async with SqliteStore("s", SqliteSettings(connection_string=connection)) as store:
+        await store.set(SetRequest("k", b"1"))
+    assert path.exists()
+    async with SqliteStore("s", SqliteSettings(connection_string=connection)) as store:
+        item = await store.get("k")
+        assert item is not None and item.value == b"1"
+
+
+async def test_an_in_memory_database_works() -> None:
+    async with SqliteStore("s", SqliteSettings(connection_string=":memory:")) as store:
+        await store.set(SetRequest("k", b"1"))
+        assert await store.get("k") is not None
