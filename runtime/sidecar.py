@@ -37,6 +37,7 @@ from components.loader import load_resources, parse_programmatic
 from components.registry import build_pubsub, default_home, ensure_default_components
 from components.specs import Resources, SubscriptionSpec
 from runtime.api import invoke as invoke_api
+from runtime.api import invoke as invoke_api
 from runtime.app import SidecarState, build_app
 from runtime.channel import AppChannel
 from runtime.config import SidecarConfig, parse_args
@@ -103,6 +104,7 @@ class Sidecar:
             drain_timeout=config.drain_timeout,
         )
         self.state.bus = self.system_bus.broker
+        self.state.invoker = invoke_api.build_invoker(self.state, resources)
         self.state.invoker = invoke_api.build_invoker(self.state, resources)
         self.channel: AppChannel | None = None
         self.subscriptions: list[Subscription] = []
@@ -209,6 +211,9 @@ class Sidecar:
         await invoke_api.serve_invocations(
             self.state, self.channel, self.config.app_max_concurrency
         )
+        await invoke_api.serve_invocations(
+            self.state, self.channel, self.config.app_max_concurrency
+        )
         specs = unique_subscriptions(
             [*self.resources.subscriptions, *await self._programmatic(self.channel)]
         )
@@ -258,6 +263,7 @@ class Sidecar:
         for subscription, result in zip(self.subscriptions, results, strict=True):
             if isinstance(result, Exception):
                 log.error("stopping the subscription to %s failed: %r", subscription.topic, result)
+        await invoke_api.stop_invocations(self.state)
         await invoke_api.stop_invocations(self.state)
         if self.channel is not None:
             await self.channel.close()
