@@ -37,14 +37,12 @@ from components.loader import load_resources, parse_programmatic
 from components.registry import build_pubsub, default_home, ensure_default_components
 from components.specs import Resources, SubscriptionSpec
 from runtime.api import invoke as invoke_api
-from runtime.api import invoke as invoke_api
 from runtime.app import SidecarState, build_app
 from runtime.channel import AppChannel
 from runtime.config import SidecarConfig, parse_args
 from runtime.environment import Environment, read_environment
 from runtime.pubsubs import PubSubComponent, PubSubs
 from runtime.scopes import TopicScopes
-from runtime.states import start_states, stop_states
 from runtime.subscriptions import open_subscriptions, unique_subscriptions
 from runtime.system_bus import SystemBus, choose_system_bus
 
@@ -104,7 +102,6 @@ class Sidecar:
             drain_timeout=config.drain_timeout,
         )
         self.state.bus = self.system_bus.broker
-        self.state.invoker = invoke_api.build_invoker(self.state, resources)
         self.state.invoker = invoke_api.build_invoker(self.state, resources)
         self.channel: AppChannel | None = None
         self.subscriptions: list[Subscription] = []
@@ -183,15 +180,6 @@ class Sidecar:
         self.state.api_ready = True
         if self.system_bus.owned:
             await self.system_bus.broker.connect()
-        # state stores: before the pubsubs connect, so outbound-ready means state is served too
-        self.state.states = await start_states(
-            self.resources,
-            app_id=self.config.app_id,
-            bus=self.state.bus,
-            pubsubs=self.pubsubs,
-            home=self.env.home,
-            namespace=self.env.namespace,
-        )
         await self.pubsubs.connect()
         await self._announce()
         log.info("components connected: %s", ", ".join(c.name for c in self.pubsubs) or "none")
@@ -208,9 +196,6 @@ class Sidecar:
         await self.channel.__aenter__()
         self.state.channel = self.channel
         await self.channel.wait_until_listening(self.config.app_health_check_path)
-        await invoke_api.serve_invocations(
-            self.state, self.channel, self.config.app_max_concurrency
-        )
         await invoke_api.serve_invocations(
             self.state, self.channel, self.config.app_max_concurrency
         )
@@ -264,10 +249,8 @@ class Sidecar:
             if isinstance(result, Exception):
                 log.error("stopping the subscription to %s failed: %r", subscription.topic, result)
         await invoke_api.stop_invocations(self.state)
-        await invoke_api.stop_invocations(self.state)
         if self.channel is not None:
             await self.channel.close()
-        await stop_states(self.state.states)  # state stores: stop serving, close
         await self.pubsubs.close()
         if self.system_bus.owned:
             await self.system_bus.broker.close()
