@@ -25,6 +25,7 @@ from bus.errors import InvalidArgument
 from components.specs import SubscriptionSpec
 from invoke.client import Invoker
 from runtime.api import invoke as invoke_api
+from runtime.api.body import parse_json
 from runtime.channel import AppChannel
 from runtime.errors import (
     ERR_HEALTH_APPID_NOT_MATCH,
@@ -128,10 +129,7 @@ class SidecarApi:
     async def bulk_publish(self, request: Request) -> Response:
         """``POST /v1.0-alpha1/publish/bulk/{pubsub}/{topic}``: 204, or 500 with failedEntries."""
         pubsub, topic = self._target(request)
-        try:
-            payload = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(400, ERR_MALFORMED_REQUEST, f"the body is not JSON: {exc}") from None
+        payload = parse_json(await request.body(), what="the bulk publish body")  # 400 if bad
         common = request_metadata(request)
         headers = request.headers
         context = PublishContext(

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from bus.message import Message, Outcome
+from runtime.api.body import field
 from runtime.channel import AppChannel, AppUnavailable
 from runtime.cloudevents import BULK_EVENT_TYPE, CLOUDEVENT_CONTENT_TYPE
 from runtime.delivery import EventPreparer, Prepared
@@ -42,9 +43,9 @@ def entry_outcomes(status: int, body: bytes, entry_ids: list[str]) -> dict[str, 
     outcomes = dict.fromkeys(entry_ids, Outcome.RETRY)
     try:
         reply = orjson.loads(body)
-        statuses = reply["statuses"]
+        statuses = field(reply, "statuses")  # Go's case-insensitive match, as Dapr reads it
         for item in statuses:
-            entry_id, value = item.get("entryId"), item.get("status")
+            entry_id, value = field(item, "entryId"), field(item, "status")
             if entry_id in outcomes and isinstance(value, str):
                 outcomes[entry_id] = _STATUS.get(value, Outcome.RETRY)
     except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):

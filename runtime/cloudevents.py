@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from runtime.api.body import MalformedBody, NestedTooDeep, parse_json
 from runtime.errors import CloudEventError, RequestMetadataError
 
 CLOUDEVENT_CONTENT_TYPE = "application/cloudevents+json"
@@ -144,11 +145,14 @@ def _data_field(data: bytes, content_type: str, json_checked: bool) -> tuple[str
         if json_checked:
             return "data", orjson.Fragment(data)
         try:
-            orjson.loads(data)
-        except orjson.JSONDecodeError:
+            # Too deep is refused (NestedTooDeep: 400): the subscriber could not read it back.
+            parse_json(data, what="the JSON payload")
+        except NestedTooDeep:
+            raise
+        except MalformedBody:
             try:  # orjson refuses integers beyond 64 bits, which are still valid JSON
                 json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # the stdlib recurses: deep garbage is text
                 return _text_field(data)
         return "data", orjson.Fragment(data)
     if is_binary_type(content_type):
@@ -229,9 +233,11 @@ def from_cloudevent(
     attrs = attrs or EventAttributes()
     now = now or datetime.now(UTC)
     try:
-        envelope = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise CloudEventError(f"cannot create cloudevent: the body is not JSON ({exc})") from None
+        envelope = parse_json(body, what="the CloudEvent")
+    except NestedTooDeep:
+        raise
+    except MalformedBody as exc:
+        raise CloudEventError(f"cannot create cloudevent: {exc}") from None
     if not isinstance(envelope, dict):
         raise CloudEventError("cannot create cloudevent: the body must be a JSON object")
     envelope["topic"] = topic

@@ -35,6 +35,7 @@ import orjson
 
 from bus.message import Message, Outcome
 from components.specs import SubscriptionSpec
+from runtime.api.body import field
 from runtime.channel import AppChannel, AppUnavailable, is_hop_by_hop
 from runtime.cloudevents import CLOUDEVENT_CONTENT_TYPE, has_expired, raw_envelope
 from runtime.routing import Router, RoutingError
@@ -67,7 +68,7 @@ def outcome_of(status: int, body: bytes) -> Outcome:
         return Outcome.SUCCESS
     if not isinstance(reply, dict):
         return Outcome.SUCCESS
-    value = reply.get("status")
+    value = field(reply, "status")  # Dapr reads the answer with Go's case-insensitive match
     if value is None:
         return Outcome.SUCCESS
     return _STATUSES.get(value, Outcome.RETRY) if isinstance(value, str) else Outcome.RETRY

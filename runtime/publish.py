@@ -21,6 +21,7 @@ import orjson
 from bus.broker import BaseBroker
 from bus.errors import InvalidArgument
 from bus.message import Message, new_id
+from runtime.api.body import fields
 from runtime.cloudevents import (
     EventAttributes,
     from_cloudevent,
@@ -106,19 +107,24 @@ class BulkEntry:
     metadata: Mapping[str, str]
 
 
+_ENTRY_FIELDS = ("entryId", "event", "contentType", "metadata")
+
+
 def _entry(item: object, index: int) -> BulkEntry:
     if not isinstance(item, dict):
         raise InvalidArgument(f"entry {index} is not a JSON object")
-    entry_id = item.get("entryId")
+    # Go's field matching, as Dapr decodes the entry: the JS SDK sends "entryID".
+    found = fields(item, _ENTRY_FIELDS)
+    entry_id = found.get("entryId")
     if not isinstance(entry_id, str) or not entry_id:
         raise InvalidArgument(f"entry {index}: entryId is missing or not a non-empty string")
-    event = item.get("event")
-    content_type = item.get("contentType") or (
+    event = found.get("event")
+    content_type = found.get("contentType") or (
         "text/plain" if isinstance(event, str) else "application/json"
     )
     if not isinstance(content_type, str):
         raise InvalidArgument(f"entry {entry_id!r}: contentType must be a string")
-    metadata = item.get("metadata") or {}
+    metadata = found.get("metadata") or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise InvalidArgument(f"entry {entry_id!r}: metadata must map strings to strings")
     if is_json_type(content_type) or is_cloudevent_type(content_type):

@@ -22,7 +22,7 @@ import orjson
 
 from bus.errors import InvalidArgument
 
-__all__ = ["MAX_DEPTH", "MalformedBody", "field", "fields", "parse_json"]
+__all__ = ["MAX_DEPTH", "MalformedBody", "NestedTooDeep", "field", "fields", "parse_json"]
 
 # Below orjson's serialization limit (254) with room for the envelopes omnibus wraps a body in.
 MAX_DEPTH = 200
@@ -32,16 +32,20 @@ class MalformedBody(InvalidArgument):
     """A request body is not JSON omnibus accepts: invalid, or nested deeper than MAX_DEPTH."""
 
 
+class NestedTooDeep(MalformedBody):
+    """A request body is JSON nested deeper than MAX_DEPTH."""
+
+
 def parse_json(raw: bytes, *, what: str = "request body") -> Any:
     """Decode ``raw`` as JSON; :class:`MalformedBody` if it is invalid or nested too deep."""
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if str(exc).startswith("depth limit exceeded"):  # orjson's own bound, at 1024
-            raise MalformedBody(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
+            raise NestedTooDeep(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
         raise MalformedBody(f"{what} is not valid JSON: {exc}") from None
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth_exceeds(value, MAX_DEPTH):
-        raise MalformedBody(f"{what} is nested deeper than {MAX_DEPTH} levels")
+        raise NestedTooDeep(f"{what} is nested deeper than {MAX_DEPTH} levels")
     return value
 
 
