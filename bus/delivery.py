@@ -31,6 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
+from bus.backoff import Backoff
 from bus.message import Message, Outcome
 from bus.options import SubscriptionOptions
 
@@ -40,6 +41,10 @@ Handler = Callable[[Message], Awaitable[Outcome]]
 
 ACK_BATCH = 64  # acks waiting that are sent at once, without lingering
 ACK_LINGER = 0.004  # seconds the first waiting ack waits for others to join it
+
+
+# A source whose fetch fails (its broker is unreachable) is retried along this curve.
+_REFETCH = Backoff(initial=0.1, maximum=5.0, jitter=0.1)
 
 
 class Delivery(Protocol):
@@ -111,6 +116,7 @@ class Dispatcher(Generic[D]):
         self._to_ack: list[D] = []
         self._ack_wanted = asyncio.Event()
         self._stopping = False
+        self._refetch = _REFETCH.retrying(f"fetching from {topic}", on=Exception, logger=log)
 
     async def run(self) -> None:
         """Fetch and dispatch until :meth:`stop` is called or the task is cancelled."""
@@ -135,14 +141,12 @@ class Dispatcher(Generic[D]):
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
-            try:
-                batch = await self._source.fetch(min(free, options.batch_size))
-            except asyncio.CancelledError:
-                raise
+            limit = min(free, options.batch_size)
+            try:  # the common case without tenacity's bookkeeping: it runs once per fetch
+                batch = await self._source.fetch(limit)
             except Exception:
                 log.exception("fetching from %s failed; retrying", self._topic)
-                await asyncio.sleep(0.5)
-                continue
+                batch = await self._refetch(self._source.fetch, limit)
             deadline = asyncio.get_running_loop().time() + options.processing_timeout
             for delivery in batch:
                 task = asyncio.create_task(self._process(delivery))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-import tenacity
-
+from bus.backoff import Backoff
 from bus.errors import ConfigError, InvalidArgument
 from bus.message import validate_name, validate_topic
 
@@ -66,8 +65,8 @@ class RetryPolicy:
     """When a RETRY is redelivered, and after how many attempts it is dead-lettered.
 
     Waits grow exponentially from ``initial_interval`` by ``multiplier`` up to ``max_interval``,
-    with up to ``jitter`` seconds of random jitter (capped at ``max_interval``);
-    tenacity's exponential-jitter wait strategy computes them.
+    with up to ``jitter`` seconds of random jitter (capped at ``max_interval``): the curve of
+    :class:`bus.backoff.Backoff`.
     ``max_attempts`` counts deliveries (the first one included); ``-1`` retries forever.
     """
 
@@ -76,7 +75,7 @@ class RetryPolicy:
     max_interval: float = 60.0
     multiplier: float = 2.0
     jitter: float = 0.5
-    _wait: tenacity.wait.wait_base = field(init=False, repr=False, compare=False)
+    _backoff: Backoff = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_attempts != FOREVER and self.max_attempts < 1:
@@ -86,13 +85,8 @@ class RetryPolicy:
                 raise InvalidArgument(f"retry {name} must not be negative")
         if self.multiplier < 1:
             raise InvalidArgument("retry multiplier must be >= 1")
-        wait = tenacity.wait_exponential_jitter(
-            multiplier=self.initial_interval,  # tenacity's "multiplier" is the first wait
-            max=self.max_interval,
-            exp_base=self.multiplier,
-            jitter=self.jitter,
-        )
-        object.__setattr__(self, "_wait", wait)
+        backoff = Backoff(self.initial_interval, self.max_interval, self.multiplier, self.jitter)
+        object.__setattr__(self, "_backoff", backoff)
 
     def exhausted(self, attempt: int) -> bool:
         """True when the delivery numbered ``attempt`` was the last one allowed."""
@@ -100,9 +94,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before the delivery after the one numbered ``attempt``."""
-        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-        state.attempt_number = attempt
-        return float(self._wait(state))
+        return self._backoff.delay(attempt)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bus.backoff import Backoff
 from bus.errors import ConfigError, InvalidArgument, InvalidName
 from bus.options import RetryPolicy, SubscriptionOptions, parse_bool, parse_duration
 
@@ -79,3 +80,39 @@ def test_parse_bool_accepts_daprs_false_spellings(text: str) -> None:
 def test_parse_bool_rejects_anything_else_naming_the_field(text: str) -> None:
     with pytest.raises(ConfigError, match="^durable: expected a boolean"):
         parse_bool(text, what="durable")
+
+
+def test_backoff_grows_to_its_cap_with_bounded_jitter() -> None:
+    backoff = Backoff(initial=0.1, maximum=1.0, multiplier=2.0, jitter=0.05)
+    for attempt, low in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (500, 1.0)]:
+        delay = backoff.delay(attempt)
+        assert low <= delay <= min(low + 0.05, 1.0)
+
+
+async def test_backoff_retrying_retries_the_named_errors_then_gives_up() -> None:
+    calls: list[int] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("down")
+        return "up"
+
+    quick = Backoff(initial=0.001, maximum=0.001, jitter=0.0)
+    assert await quick.retrying("flaky", on=ConnectionError)(flaky) == "up"
+    assert len(calls) == 3
+
+    async def broken() -> str:
+        calls.append(1)
+        raise ConnectionError("still down")
+
+    calls.clear()
+    with pytest.raises(ConnectionError, match="still down"):
+        await quick.retrying("broken", on=ConnectionError, attempts=4)(broken)
+    assert len(calls) == 4
+    with pytest.raises(KeyError):  # an error it was not told to retry goes through at once
+        await quick.retrying("other", on=ConnectionError)(_raise_key_error)
+
+
+async def _raise_key_error() -> None:
+    raise KeyError("x")

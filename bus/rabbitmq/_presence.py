@@ -20,6 +20,7 @@ from aio_pika.abc import (
     AbstractRobustQueue,
 )
 
+from bus.backoff import Backoff
 from bus.errors import BrokerUnavailable
 from bus.presence import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, Presence
 from bus.rabbitmq._wire import CLOSE_TIMEOUT
@@ -28,6 +29,9 @@ log = logging.getLogger("omnibus.bus.rabbitmq")
 
 PRESENCE_EXCHANGE = "omnibus@presence"
 PRESENCE_ROLL = "omnibus@presence@roll"
+
+
+_REDECLARE = Backoff(initial=0.01, maximum=0.2, jitter=0.01)
 
 
 class PresenceBoard:
@@ -51,18 +55,13 @@ class PresenceBoard:
         self._announced = announced
         channel = await self._connection.channel(publisher_confirms=True)
         self._channel = channel
-        for attempt in range(3):  # the auto-delete exchange can vanish between declare and bind
-            try:
-                self._exchange = await channel.declare_exchange(
-                    PRESENCE_EXCHANGE, aio_pika.ExchangeType.FANOUT, auto_delete=True
-                )
-                self._queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-                await self._queue.bind(self._exchange)
-                break
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                if attempt == 2:
-                    raise
-                await channel.ready()
+        # The auto-delete exchange can vanish between declare and bind (its last queue went).
+        retrying = _REDECLARE.retrying(
+            "declaring the presence exchange",
+            on=aiormq.exceptions.ChannelNotFoundEntity,
+            attempts=3,
+        )
+        await retrying(self._declare, channel)
         assert self._queue is not None
         await self._queue.consume(self._on_message, no_ack=True)
         others = await self._roll_count()
@@ -73,6 +72,17 @@ class PresenceBoard:
             await self._send({"op": "probe"})
         else:
             self._warm.set()
+
+    async def _declare(self, channel: AbstractRobustChannel) -> None:
+        try:
+            self._exchange = await channel.declare_exchange(
+                PRESENCE_EXCHANGE, aio_pika.ExchangeType.FANOUT, auto_delete=True
+            )
+            self._queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await self._queue.bind(self._exchange)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            await channel.ready()  # the error closed the channel: reopen it for the next try
+            raise
 
     async def _roll_count(self) -> int:
         channel = await self._connection.channel(publisher_confirms=False)

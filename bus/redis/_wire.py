@@ -14,6 +14,7 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, SSLConnection
 
+from bus.backoff import Backoff
 from bus.errors import BrokerError, BrokerUnavailable
 from bus.message import Message
 
@@ -104,21 +105,13 @@ def translate(exc: Exception, doing: str) -> BrokerError:
     return BrokerError(f"Redis failed while {doing}: {exc}")
 
 
+RECONNECT = Backoff(initial=0.05, maximum=2.0, jitter=0.1)
+
+
 def reconnecting(what: str, give_up_after: float | None = None) -> tenacity.AsyncRetrying:
     """Retry on network errors with exponential backoff (forever, or for ``give_up_after`` s)."""
-
-    def warn(state: tenacity.RetryCallState) -> None:
-        log.warning("Redis unreachable while %s (try %d); retrying", what, state.attempt_number)
-
-    stop = (
-        tenacity.stop_never if give_up_after is None else tenacity.stop_after_delay(give_up_after)
-    )
-    return tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_exception_type(NETWORK_ERRORS),
-        wait=tenacity.wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
-        stop=stop,
-        before_sleep=warn,
-        reraise=True,
+    return RECONNECT.retrying(
+        f"Redis: {what}", on=NETWORK_ERRORS, give_up_after=give_up_after, logger=log
     )
 
 

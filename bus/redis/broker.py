@@ -38,6 +38,7 @@ from bus.redis._wire import (
     decode_reply,
     encode,
     encode_reply,
+    reconnecting,
     translate,
 )
 from bus.redis.settings import RedisSettings
@@ -167,27 +168,34 @@ class RedisBroker(BaseBroker):
         channel = f"omnibus:inbox:{self.instance}.{uuid.uuid4().hex[:8]}"
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(channel)
+        # Called on every reconnect (after redis-py's own callback has resubscribed).
+        assert pubsub.connection is not None
+        pubsub.connection.register_connect_callback(self._inbox_reconnected)
         self._pubsub = pubsub
         self._inbox_task = asyncio.create_task(self._read_inbox(pubsub, deliver), name="inbox")
         return channel
 
     async def _read_inbox(self, pubsub: PubSub, deliver: Callable[[Message], None]) -> None:
-        failures = 0
+        reconnect = reconnecting("reading the reply inbox")
         while True:
             try:
                 item = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                failures = 0
-            except NETWORK_ERRORS:
-                failures += 1
-                log.warning("inbox connection lost (try %d); reconnecting", failures)
-                await asyncio.sleep(min(2.0, 0.05 * 2**failures))
-                continue
+            except NETWORK_ERRORS as exc:
+                # Redis is away for longer than redis-py's own retries; the reconnect callback
+                # fails the requests sent meanwhile once the inbox is back.
+                self._inbox_lost(f"Redis Pub/Sub connection lost: {exc}")
+                item = await reconnect(pubsub.get_message, ignore_subscribe_messages=True)
             if item is None or item.get("type") != "message":
                 continue
             try:
                 deliver(decode_reply(item["data"]))
             except Exception:
                 log.exception("unreadable reply on the inbox")
+
+    def _inbox_reconnected(self, connection: object) -> None:
+        # Pub/Sub keeps nothing for a channel nobody listens on: a reply published while the
+        # inbox was away is gone, so whoever waits gets ReplyLost rather than a time-out.
+        self._inbox_lost("the Redis Pub/Sub connection of the reply inbox was re-established")
 
     async def _send_reply(self, address: str, reply: Message) -> None:
         await self._send([("PUBLISH", address, encode_reply(reply))])
