@@ -11,7 +11,10 @@ import re
 import shlex
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
+
 from bus.errors import ConfigError
+from state._postgres_query import JSONB_FUNCTION
 
 # libpq key=value names -> asyncpg.connect keyword arguments.
 _LIBPQ = {
@@ -132,3 +135,16 @@ async def migrate(conn: Any, table: str, metadata_table: str, prefix: str) -> No
                 "ON CONFLICT (key) DO UPDATE SET value = '2'",
                 level_key,
             )
+    await _ensure_jsonb_function(conn)
+
+
+async def _ensure_jsonb_function(conn: Any) -> None:
+    """Create omnibus_jsonb(bytea) for queries unless it exists (it is shared by all tables)."""
+    if await conn.fetchval("SELECT to_regprocedure('omnibus_jsonb(bytea)') IS NOT NULL"):
+        return
+    try:
+        await conn.execute(JSONB_FUNCTION)
+    except asyncpg.PostgresError:
+        # Another store created it at the same moment; only its absence would be a problem.
+        if not await conn.fetchval("SELECT to_regprocedure('omnibus_jsonb(bytea)') IS NOT NULL"):
+            raise

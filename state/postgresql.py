@@ -18,8 +18,10 @@ Storage layout (the same tables mean the same to Dapr v2 and to omnibus)::
 Rows past ``expires_at`` are invisible at once and deleted every ``cleanupInterval`` (default
 1 h; 0 disables) by whichever process claims the last-cleanup row first, as in Dapr.  Saves
 check their etag or first-write condition in the same statement that writes; a transaction runs
-its statements in one database transaction.  ``tableName`` (an omnibus extension) names the state
-table outright instead of ``<tablePrefix>state``.
+its statements in one database transaction.  Queries (which Dapr's v2 store lacks) read the
+values as jsonb through the function ``omnibus_jsonb(bytea)``, created next to the tables.
+``tableName`` (an omnibus extension) names the state table outright instead of
+``<tablePrefix>state``.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from state._common import given_etag, needs_absent
+from state._postgres_query import select_sql
 from state._postgres_schema import connect_arguments, migrate
-from state.errors import BulkError, ETagMismatch, NotSupported, StateError, StoreUnavailable
+from state.errors import BulkError, ETagMismatch, StateError, StoreUnavailable
+from state.query import page_token, parse_query
 from state.store import (
     BulkItem,
     DeleteRequest,
@@ -71,7 +75,7 @@ class PostgresSettings:
 class PostgresStore(StoreLifecycle):
     """A state store in PostgreSQL, shareable with Dapr's state.postgresql v2."""
 
-    features = frozenset({Feature.ETAG, Feature.TRANSACTIONAL, Feature.TTL})
+    features = frozenset({Feature.ETAG, Feature.TRANSACTIONAL, Feature.TTL, Feature.QUERY_API})
 
     def __init__(self, name: str, settings: PostgresSettings) -> None:
         self.name = name
@@ -135,10 +139,7 @@ class PostgresStore(StoreLifecycle):
         )
         async with self._errors():
             rows = await self.pool.fetch(sql, list(keys))
-        found = {
-            row["key"]: Item(row["key"], bytes(row["value"]), str(row["etag"]), row["expires_at"])
-            for row in rows
-        }
+        found = {row["key"]: _item(row) for row in rows}
         return [BulkItem(key, found.get(key)) for key in keys]
 
     async def set(self, request: SetRequest) -> str:
@@ -173,8 +174,15 @@ class PostgresStore(StoreLifecycle):
                     await self._remove(conn, operation)
 
     async def query(self, query: Mapping[str, Any], key_prefix: str) -> QueryResult:
-        """Not offered: Dapr's v2 store has no query API either."""
-        raise NotSupported(f"state store {self.name!r} (state.postgresql) does not support queries")
+        """Run a Dapr query as one SELECT over the values as jsonb (an omnibus addition)."""
+        parsed = parse_query(query)
+        sql, params = select_sql(self.settings.state_table, parsed, key_prefix)
+        async with self._errors():
+            rows = await self.pool.fetch(sql, *params)
+        more = bool(parsed.limit) and len(rows) > parsed.limit
+        page = rows[: parsed.limit] if parsed.limit else rows
+        items = [_item(row) for row in page]
+        return QueryResult(items, page_token(parsed, len(items), more))
 
     async def purge_expired(self) -> bool:
         """Delete expired rows unless a purge ran within the interval; True if this one ran."""
@@ -262,6 +270,10 @@ class PostgresStore(StoreLifecycle):
             await asyncio.sleep(self.settings.cleanup_interval)
             with contextlib.suppress(StoreUnavailable):
                 await self.purge_expired()
+
+
+def _item(row: Any) -> Item:
+    return Item(row["key"], bytes(row["value"]), str(row["etag"]), row["expires_at"])
 
 
 def _uuid(etag: str) -> uuid.UUID | None:

@@ -367,3 +367,24 @@ async def test_query_on_a_store_without_the_query_api_is_not_supported(
         pytest.skip(f"{type(store).__name__} has a query API")
     with pytest.raises(NotSupported):
         await store.query({}, prefix)
+
+
+async def test_query_compares_json_types_strictly_and_sorts_by_code_point(
+    queryable: StateStore, key: Key, prefix: str
+) -> None:
+    docs = {
+        "n1": {"v": 1, "s": "alpha"},
+        "t": {"v": True, "s": "Zeta"},
+        "s1": {"v": "1", "s": "\u00e9t\u00e9"},
+        "f": {"v": 1.0, "s": "beta"},
+        "nul": {"v": None, "s": "Alpha"},
+    }
+    await queryable.bulk_set([SetRequest(key(k), orjson.dumps(v)) for k, v in docs.items()])
+    assert sorted(await _query(queryable, prefix, {"filter": {"EQ": {"v": 1}}})) == ["f", "n1"]
+    assert await _query(queryable, prefix, {"filter": {"EQ": {"v": True}}}) == ["t"]
+    assert await _query(queryable, prefix, {"filter": {"EQ": {"v": "1"}}}) == ["s1"]
+    assert await _query(queryable, prefix, {"filter": {"IN": {"v": [None, "x"]}}}) == ["nul"]
+    by_name = await _query(queryable, prefix, {"sort": [{"key": "s"}]})
+    assert by_name == ["nul", "t", "n1", "f", "s1"]
+    by_value = await _query(queryable, prefix, {"sort": [{"key": "v", "order": "DESC"}]})
+    assert by_value == ["s1", "f", "n1", "t", "nul"]
