@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.applications import Starlette
@@ -24,6 +24,7 @@ from bus.broker import BaseBroker
 from bus.errors import InvalidArgument
 from components.specs import SubscriptionSpec
 from invoke.client import Invoker
+from runtime.api import invocations as invocations_api
 from runtime.api import invoke as invoke_api
 from runtime.api.body import parse_json
 from runtime.channel import AppChannel
@@ -42,6 +43,9 @@ from runtime.middleware import ApiGuard
 from runtime.publish import PublishContext, make_message, parse_bulk
 from runtime.publish_api import PublishEndpoint, query_metadata, split_target
 from runtime.pubsubs import PubSubs
+
+if TYPE_CHECKING:
+    from runtime.async_invocations import Invocations
 
 log = logging.getLogger("omnibus.runtime")
 
@@ -70,6 +74,7 @@ class SidecarState:
     bus: BaseBroker | None = None  # the system bus (runtime.system_bus), connected at start
     channel: AppChannel | None = None  # the app channel, once the app port is up
     invoker: Invoker | None = None  # service invocation (runtime.api.invoke)
+    invocations: Invocations | None = None  # async invocation (runtime.async_invocations)
 
     @property
     def outbound_ready(self) -> bool:
@@ -253,6 +258,7 @@ def build_app(
     router; everything else by Starlette.
     """
     routes: list[BaseRoute] = [*SidecarApi(state).routes()]
+    routes += invocations_api.routes(state)
     routes += invoke_api.routes(state)  # last: the dapr-app-id form takes any path
     app = Starlette(routes=routes, lifespan=lifespan)
     endpoint = PublishEndpoint(app, pubsubs=state.pubsubs, app_id=state.app_id)

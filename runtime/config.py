@@ -75,6 +75,8 @@ class SidecarConfig:
     drain_timeout: float = 5.0
     log_level: str = "info"
     bus: str | None = None  # the pubsub that carries state and invocation (runtime.system_bus)
+    invocation_results_ttl: float = 24 * 3600.0  # how long async invocation results are kept
+    invocation_store: str | None = None  # the state component keeping them (default: embedded)
 
     def __post_init__(self) -> None:
         try:
@@ -110,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dapr-graceful-shutdown-seconds", type=float, default=None)
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     parser.add_argument("--bus", default=None, help="pubsub component for state and invocation")
+    parser.add_argument("--invocation-results-ttl", default="24h", help="keep async results for")
+    parser.add_argument("--invocation-store", default=None, help="state component for them")
     return parser
 
 
@@ -118,8 +122,11 @@ def parse_args(argv: Sequence[str]) -> SidecarConfig:
     args = _parser().parse_args(list(argv))
     try:
         drain = parse_duration(args.drain_timeout, what="--drain-timeout")
+        results_ttl = parse_duration(args.invocation_results_ttl, what="--invocation-results-ttl")
     except InvalidArgument as exc:
         raise ConfigError(str(exc)) from exc
+    if results_ttl <= 0:
+        raise ConfigError("--invocation-results-ttl must be positive, e.g. '24h'")
     if args.dapr_graceful_shutdown_seconds is not None:
         if args.dapr_graceful_shutdown_seconds < 0:
             raise ConfigError("--dapr-graceful-shutdown-seconds must not be negative")
@@ -137,4 +144,6 @@ def parse_args(argv: Sequence[str]) -> SidecarConfig:
         drain_timeout=drain,
         log_level="warning" if args.log_level == "warn" else args.log_level,
         bus=args.bus or None,
+        invocation_results_ttl=results_ttl,
+        invocation_store=args.invocation_store or None,
     )

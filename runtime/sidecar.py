@@ -38,6 +38,11 @@ from components.registry import build_pubsub, default_home, ensure_default_compo
 from components.specs import Resources, SubscriptionSpec
 from runtime.api import invoke as invoke_api
 from runtime.app import SidecarState, build_app
+from runtime.async_invocations import (
+    serve_async_invocations,
+    start_invocations,
+    stop_async_invocations,
+)
 from runtime.channel import AppChannel
 from runtime.config import SidecarConfig, parse_args
 from runtime.environment import Environment, read_environment
@@ -182,6 +187,10 @@ class Sidecar:
             await self.system_bus.broker.connect()
         await self.pubsubs.connect()
         await self._announce()
+        # async invocation: submissions and results now, the callee side once the app is up
+        self.state.invocations = await start_invocations(
+            self.system_bus.broker, self.config, self.resources, self.env.home
+        )
         log.info("components connected: %s", ", ".join(c.name for c in self.pubsubs) or "none")
         if self.config.app_port is None:
             if self.resources.subscriptions:
@@ -199,6 +208,7 @@ class Sidecar:
         await invoke_api.serve_invocations(
             self.state, self.channel, self.config.app_max_concurrency
         )
+        await serve_async_invocations(self.state, self.channel)
         specs = unique_subscriptions(
             [*self.resources.subscriptions, *await self._programmatic(self.channel)]
         )
@@ -249,6 +259,7 @@ class Sidecar:
             if isinstance(result, Exception):
                 log.error("stopping the subscription to %s failed: %r", subscription.topic, result)
         await invoke_api.stop_invocations(self.state)
+        await stop_async_invocations(self.state)
         if self.channel is not None:
             await self.channel.close()
         await self.pubsubs.close()
