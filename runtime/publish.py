@@ -149,6 +149,20 @@ def parse_bulk(payload: object) -> list[BulkEntry]:
     return entries
 
 
+# Metadata a backend applies to a whole broker call rather than per message (RabbitMQ publishes
+# a batch with one routing key), or may refuse a whole call for (RabbitMQ refuses a
+# ttlInSeconds of 0): only messages that agree on them share a broker call.
+_BATCH_KEYS = ("routingKey", "ttlInSeconds")
+
+_Lane = tuple[str, tuple[str, ...]]  # topic, values of the batch keys
+_Part = tuple[Sequence[Message], asyncio.Future[None]]  # one caller's messages
+
+
+def _lane_of(topic: str, message: Message) -> _Lane:
+    metadata = message.metadata
+    return topic, tuple(metadata.get(key, "") for key in _BATCH_KEYS)
+
+
 class Publisher:
     """Publishes to one broker, coalescing concurrent publishes to the same topic.
 
@@ -157,71 +171,99 @@ class Publisher:
     arrived meanwhile already go out in the next, instead of queueing behind it.  Each batch keeps
     the order of its messages; requests that were in flight at the same time have no order
     between them, over HTTP or anywhere else.
+
+    Each caller's publish succeeds or fails on its own merits, whatever it was batched with:
+    messages that disagree on a batch-wide setting (``routingKey``, ``ttlInSeconds``) never
+    share a broker call, and when the broker refuses a shared call as invalid anyway, each
+    caller's messages are sent again on their own, so only the bad one fails.
     """
 
     def __init__(self, broker: BaseBroker, max_batch: int = 500, max_in_flight: int = 4) -> None:
         self._broker = broker
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
-        self._queues: dict[str, collections.deque[tuple[Sequence[Message], asyncio.Future[None]]]]
-        self._queues = {}
-        self._flushers: dict[str, set[asyncio.Task[None]]] = {}
-        self._idle: dict[str, int] = {}  # flushers per topic that are not waiting on the broker
+        self._queues: dict[_Lane, collections.deque[_Part]] = {}
+        self._flushers: dict[_Lane, set[asyncio.Task[None]]] = {}
+        self._idle: dict[_Lane, int] = {}  # flushers per lane that are not waiting on the broker
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         """Returns once the broker holds ``messages`` durably; raises the broker's error."""
+        if not messages:
+            return
+        lane = _lane_of(topic, messages[0])
+        if all(_lane_of(topic, m) == lane for m in messages[1:]):
+            await self._enqueue(lane, messages)
+            return
+        lanes: dict[_Lane, list[Message]] = {}  # a bulk publish that mixes routing keys
+        for message in messages:
+            lanes.setdefault(_lane_of(topic, message), []).append(message)
+        for lane, group in lanes.items():
+            await self._enqueue(lane, group)
+
+    async def _enqueue(self, lane: _Lane, messages: Sequence[Message]) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(topic, collections.deque()).append((messages, future))
-        flushers = self._flushers.setdefault(topic, set())
-        if not self._idle.get(topic) and len(flushers) < self._max_in_flight:
-            # every flusher of the topic is waiting on the broker: one more takes this batch
-            self._idle[topic] = self._idle.get(topic, 0) + 1
-            task = asyncio.create_task(self._flush(topic), name=f"pub:{topic}")
+        self._queues.setdefault(lane, collections.deque()).append((messages, future))
+        flushers = self._flushers.setdefault(lane, set())
+        if not self._idle.get(lane) and len(flushers) < self._max_in_flight:
+            # every flusher of the lane is waiting on the broker: one more takes this batch
+            self._idle[lane] = self._idle.get(lane, 0) + 1
+            task = asyncio.create_task(self._flush(lane), name=f"pub:{lane[0]}")
             flushers.add(task)
         await future
 
-    async def _flush(self, topic: str) -> None:
-        queue = self._queues[topic]
+    async def _flush(self, lane: _Lane) -> None:
+        queue = self._queues[lane]
         try:
             while queue:
-                batch: list[Message] = []
-                waiters: list[asyncio.Future[None]] = []
-                while queue and (not batch or len(batch) + len(queue[0][0]) <= self._max_batch):
-                    messages, future = queue.popleft()
-                    if not future.done():  # a caller that went away publishes nothing
-                        batch.extend(messages)
-                        waiters.append(future)
-                self._idle[topic] -= 1
+                parts: list[_Part] = []
+                size = 0
+                while queue and (not parts or size + len(queue[0][0]) <= self._max_batch):
+                    part = queue.popleft()
+                    if not part[1].done():  # a caller that went away publishes nothing
+                        parts.append(part)
+                        size += len(part[0])
+                self._idle[lane] -= 1
                 try:
-                    await self._send(topic, batch, waiters)
+                    await self._send(lane[0], parts)
                 finally:
-                    self._idle[topic] += 1
+                    self._idle[lane] += 1
         finally:
-            self._idle[topic] -= 1
-            flushers = self._flushers[topic]
+            self._idle[lane] -= 1
+            flushers = self._flushers[lane]
             flushers.discard(asyncio.current_task())
             if not flushers:
-                del self._flushers[topic], self._idle[topic]
+                del self._flushers[lane], self._idle[lane]
                 if not queue:
-                    del self._queues[topic]
+                    del self._queues[lane]
 
-    async def _send(
-        self, topic: str, batch: list[Message], waiters: list[asyncio.Future[None]]
-    ) -> None:
+    async def _send(self, topic: str, parts: list[_Part]) -> None:
+        if not parts:
+            return
+        batch = [message for messages, _ in parts for message in messages]
         try:
-            if batch:
-                await self._broker.publish(topic, batch)
+            await self._broker.publish(topic, batch)
+        except InvalidArgument as exc:
+            if len(parts) == 1:
+                _settle(parts, exc)
+            else:  # someone's message is bad: find out whose, each caller on their own
+                await asyncio.gather(*(self._send(topic, [part]) for part in parts))
         except Exception as exc:
-            for future in waiters:
-                if not future.done():
-                    future.set_exception(exc)
+            _settle(parts, exc)
         else:
-            for future in waiters:
-                if not future.done():
-                    future.set_result(None)
+            _settle(parts, None)
 
     async def drain(self) -> None:
         """Wait for publishes in flight (at shutdown, after HTTP intake stopped)."""
         while self._flushers:
             tasks = [task for flushers in self._flushers.values() for task in flushers]
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _settle(parts: Sequence[_Part], exc: BaseException | None) -> None:
+    for _, future in parts:
+        if future.done():
+            continue
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from bus.errors import BrokerClosed, ConfigError
+from bus.errors import BrokerClosed, ConfigError, InvalidArgument
 from bus.memory import MemoryBroker
 from bus.message import Message
 from components.specs import RouteRule, Routes
@@ -23,6 +23,7 @@ from runtime.cloudevents import (
 )
 from runtime.publish import Publisher
 from runtime.routing import Router, RoutingError
+from tests.conftest import MakeBroker
 
 
 class CountingBroker(MemoryBroker):
@@ -159,3 +160,89 @@ def test_router_rejects_bad_expressions_and_non_booleans() -> None:
         router.route({"data": 3})
     with pytest.raises(RoutingError):
         Router(Routes(rules=(RouteRule("event.missing.field == 1", "/x"),))).route({})
+
+
+class PickyBroker(CountingBroker):
+    """Refuses, as invalid, any call holding a message whose body is ``bad``; records keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[set[str]] = []
+
+    async def _publish(self, topic: str, batch: Sequence[Message]) -> None:
+        self.keys.append({m.metadata.get("routingKey", "") for m in batch})
+        if any(m.data == b"bad" for m in batch):
+            self.calls.append(len(batch))
+            raise InvalidArgument("this broker refuses bad messages")
+        await super()._publish(topic, batch)
+
+
+async def test_a_refused_message_fails_only_its_own_caller() -> None:
+    broker = PickyBroker()
+    await broker.connect()
+    publisher = Publisher(broker)
+    broker.gate.clear()
+    first = asyncio.create_task(publisher.publish("t", [Message(b"0")]))
+    await asyncio.sleep(0.01)
+    bodies = [b"1", b"2", b"bad", b"3", b"4"]
+    rest = [asyncio.create_task(publisher.publish("t", [Message(body)])) for body in bodies]
+    await asyncio.sleep(0.01)
+    broker.gate.set()
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["NoneType"] * 3 + ["InvalidArgument"] + [
+        "NoneType"
+    ] * 2
+    assert broker.calls[:2] == [1, 5]  # they did share a call, the refused one
+    assert sorted(m.data for m in await broker.browse("t")) == [b"0", b"1", b"2", b"3", b"4"]
+    await broker.close()
+
+
+async def test_messages_with_different_routing_keys_never_share_a_call() -> None:
+    broker = PickyBroker()
+    await broker.connect()
+    publisher = Publisher(broker)
+    broker.gate.clear()
+    first = asyncio.create_task(publisher.publish("t", [Message(b"0")]))
+    await asyncio.sleep(0.01)
+    rest = [
+        asyncio.create_task(
+            publisher.publish("t", [Message(b"%d" % i, metadata={"routingKey": "ab"[i % 2]})])
+        )
+        for i in range(10)
+    ]
+    mixed = [Message(b"m%d" % i, metadata={"routingKey": "xyz"[i % 3]}) for i in range(6)]
+    bulk = asyncio.create_task(publisher.publish("t", mixed))
+    await asyncio.sleep(0.01)
+    broker.gate.set()
+    await asyncio.gather(first, *rest, bulk)
+    assert all(len(keys) == 1 for keys in broker.keys), broker.keys
+    assert len(await broker.browse("t")) == 17
+    await broker.close()
+
+
+async def test_each_publish_fares_as_it_would_alone_on_every_backend(
+    make_broker: MakeBroker, topic: str
+) -> None:
+    """ttlInSeconds=0 is refused by RabbitMQ and taken elsewhere: batched, it fails no one else."""
+    broker = await make_broker()
+    publisher = Publisher(broker)
+    alone = await asyncio.gather(
+        publisher.publish(topic, [Message(b"probe", metadata={"ttlInSeconds": "0"})]),
+        return_exceptions=True,
+    )
+    rounds = []
+    for _ in range(3):
+        metadata = [{"ttlInSeconds": "0"} if i == 4 else {} for i in range(10)]
+        rounds.append(
+            await asyncio.gather(
+                *(
+                    publisher.publish(topic, [Message(b"%d" % i, metadata=m)])
+                    for i, m in enumerate(metadata)
+                ),
+                return_exceptions=True,
+            )
+        )
+    for results in rounds:
+        assert type(results[4]) is type(alone[0])
+        assert all(r is None for i, r in enumerate(results) if i != 4), results
+    await publisher.drain()
