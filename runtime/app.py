@@ -26,6 +26,7 @@ from components.specs import SubscriptionSpec
 from invoke.client import Invoker
 from runtime.api import invocations as invocations_api
 from runtime.api import invoke as invoke_api
+from runtime.api import openapi as openapi_api
 from runtime.api.body import parse_json
 from runtime.channel import AppChannel
 from runtime.errors import (
@@ -259,6 +260,7 @@ def build_app(
     """
     routes: list[BaseRoute] = [*SidecarApi(state).routes()]
     routes += invocations_api.routes(state)
+    routes += openapi_api.routes(state)  # GET /v1.0/openapi.json
     routes += invoke_api.routes(state)  # last: the dapr-app-id form takes any path
     app = Starlette(routes=routes, lifespan=lifespan)
     endpoint = PublishEndpoint(app, pubsubs=state.pubsubs, app_id=state.app_id)
