@@ -187,19 +187,42 @@ spec:
 """
 
 
+DEFAULT_STATESTORE_NAME = "statestore"
+DEFAULT_STATESTORE_YAML = """\
+# The embedded default state store: one SQLite file (Dapr's state.sqlite table layout).
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: {name}
+spec:
+  type: state.sqlite
+  version: v1
+  metadata:
+    - name: connectionString
+      value: "{path}"
+"""
+
+
 def ensure_default_components(home: Path) -> Path:
-    """``home/components`` with a default ``pubsub.yaml`` written once; never overwritten."""
+    """``home/components`` with a default ``pubsub.yaml`` and ``statestore.yaml``, each written
+    once; never overwritten."""
     directory = home / "components"
-    target = directory / "pubsub.yaml"
-    text = DEFAULT_PUBSUB_YAML.format(
-        name=DEFAULT_PUBSUB_NAME, path=_yaml_escape((home / "bus.db").absolute())
-    )
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            _write_once(target, text)
-    except OSError as exc:
-        raise ConfigError(f"{target}: cannot write the default component: {exc}") from exc
+    defaults = {
+        "pubsub.yaml": DEFAULT_PUBSUB_YAML.format(
+            name=DEFAULT_PUBSUB_NAME, path=_yaml_escape((home / "bus.db").absolute())
+        ),
+        "statestore.yaml": DEFAULT_STATESTORE_YAML.format(
+            name=DEFAULT_STATESTORE_NAME, path=_yaml_escape((home / "state.db").absolute())
+        ),
+    }
+    for name, text in defaults.items():
+        target = directory / name
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                _write_once(target, text)
+        except OSError as exc:
+            raise ConfigError(f"{target}: cannot write the default component: {exc}") from exc
     return directory
 
 
@@ -210,7 +233,7 @@ def _write_once(target: Path, text: str) -> None:
     temporary.write_text(text, encoding="utf-8")
     try:
         os.link(temporary, target)
-        log.info("wrote the default pubsub component to %s", target)
+        log.info("wrote the default component %s", target)
     except FileExistsError:
         pass
     finally:

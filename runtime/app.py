@@ -27,6 +27,7 @@ from invoke.client import Invoker
 from runtime.api import invocations as invocations_api
 from runtime.api import invoke as invoke_api
 from runtime.api import openapi as openapi_api
+from runtime.api import state as state_api
 from runtime.api.body import parse_json
 from runtime.channel import AppChannel
 from runtime.errors import (
@@ -44,6 +45,7 @@ from runtime.middleware import ApiGuard
 from runtime.publish import PublishContext, make_message, parse_bulk
 from runtime.publish_api import PublishEndpoint, query_metadata, split_target
 from runtime.pubsubs import PubSubs
+from state.service import StateClient
 
 if TYPE_CHECKING:
     from runtime.async_invocations import Invocations
@@ -76,6 +78,7 @@ class SidecarState:
     channel: AppChannel | None = None  # the app channel, once the app port is up
     invoker: Invoker | None = None  # service invocation (runtime.api.invoke)
     invocations: Invocations | None = None  # async invocation (runtime.async_invocations)
+    states: StateClient | None = None  # the state stores (runtime.states), set at start
 
     @property
     def outbound_ready(self) -> bool:
@@ -196,7 +199,8 @@ class SidecarApi:
             "components": [
                 {"name": c.name, "type": c.type, "version": "v1", "capabilities": c.capabilities}
                 for c in state.pubsubs
-            ],
+            ]
+            + state_api.metadata_components(state),
             "subscriptions": [subscription_metadata(s) for s in state.subscriptions],
             "extended": state.extended,
             "appConnectionProperties": _app_connection(state),
@@ -259,6 +263,7 @@ def build_app(
     router; everything else by Starlette.
     """
     routes: list[BaseRoute] = [*SidecarApi(state).routes()]
+    routes += state_api.routes(state)
     routes += invocations_api.routes(state)
     routes += openapi_api.routes(state)  # GET /v1.0/openapi.json
     routes += invoke_api.routes(state)  # last: the dapr-app-id form takes any path

@@ -18,6 +18,7 @@ class Environment:
     home: Path  # OMNIBUS_HOME, default ~/.omnibus: default components and the embedded bus.db
     api_token: str | None  # DAPR_API_TOKEN: callers must send it as `dapr-api-token`
     app_api_token: str | None  # APP_API_TOKEN: the sidecar sends it to the app
+    namespace: str = ""  # NAMESPACE: the state key prefix `namespace` uses it, as Dapr
 
     @property
     def default_resources_path(self) -> Path:
@@ -33,4 +34,5 @@ def read_environment(environ: dict[str, str] | None = None) -> Environment:
         home=home,
         api_token=env.get("DAPR_API_TOKEN") or None,
         app_api_token=env.get("APP_API_TOKEN") or None,
+        namespace=env.get("NAMESPACE", "").strip(),
     )

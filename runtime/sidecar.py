@@ -48,6 +48,7 @@ from runtime.config import SidecarConfig, parse_args
 from runtime.environment import Environment, read_environment
 from runtime.pubsubs import PubSubComponent, PubSubs
 from runtime.scopes import TopicScopes
+from runtime.states import start_states, stop_states
 from runtime.subscriptions import open_subscriptions, unique_subscriptions
 from runtime.system_bus import SystemBus, choose_system_bus
 
@@ -185,6 +186,15 @@ class Sidecar:
         self.state.api_ready = True
         if self.system_bus.owned:
             await self.system_bus.broker.connect()
+        # state stores: before the pubsubs connect, so outbound-ready means state is served too
+        self.state.states = await start_states(
+            self.resources,
+            app_id=self.config.app_id,
+            bus=self.state.bus,
+            pubsubs=self.pubsubs,
+            home=self.env.home,
+            namespace=self.env.namespace,
+        )
         await self.pubsubs.connect()
         await self._announce()
         # async invocation: submissions and results now, the callee side once the app is up
@@ -262,6 +272,7 @@ class Sidecar:
         await stop_async_invocations(self.state)
         if self.channel is not None:
             await self.channel.close()
+        await stop_states(self.state.states)  # state stores: stop serving, close
         await self.pubsubs.close()
         if self.system_bus.owned:
             await self.system_bus.broker.close()

@@ -281,16 +281,18 @@ def test_ensure_default_components_writes_once_and_never_overwrites(tmp_path: Pa
     home = tmp_path / "home"
     directory = ensure_default_components(home)
     assert directory == home / "components"
-    (spec,) = load_resources([directory], app_id="any-app", environ={}).components
+    spec, store = load_resources([directory], app_id="any-app", environ={}).components
     assert (spec.name, spec.type) == ("pubsub", "pubsub.sqlite")
     assert spec.metadata["connectionString"] == str(home / "bus.db")
+    assert (store.name, store.type) == ("statestore", "state.sqlite")
+    assert store.metadata["connectionString"] == str(home / "state.db")
 
     # a user's edit survives later starts
     edited = (directory / "pubsub.yaml").read_text().replace("bus.db", "mine.db")
     (directory / "pubsub.yaml").write_text(edited)
     assert ensure_default_components(home) == directory
     assert (directory / "pubsub.yaml").read_text() == edited
-    assert sorted(p.name for p in directory.iterdir()) == ["pubsub.yaml"]
+    assert sorted(p.name for p in directory.iterdir()) == ["pubsub.yaml", "statestore.yaml"]
 
 
 def test_ensure_default_components_reports_an_unwritable_home(tmp_path: Path) -> None:

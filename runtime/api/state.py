@@ -1,0 +1,384 @@
+"""Dapr's state HTTP API: save, get, delete, bulk get, transactions and queries.
+
+Paths, bodies, statuses and codes as Dapr's (``pkg/api/http/http.go``):
+
+    POST|PUT /v1.0/state/{store}                   save ``[{key, value, etag, metadata, options}]``
+    GET      /v1.0/state/{store}/{key}             raw value, ``ETag``; 204 when absent
+    DELETE   /v1.0/state/{store}/{key}             ``If-Match``, ``concurrency``/``consistency``
+    POST|PUT /v1.0/state/{store}/bulk              ``{keys, parallelism}`` -> ``[{key, data, ...}]``
+    POST|PUT /v1.0/state/{store}/transaction       ``{operations: [{operation, request}]}``
+    POST|PUT /v1.0-alpha1/state/{store}/query      Dapr's query language
+
+A JSON value is stored as its JSON text (``"abc"`` is stored as ``"\\"abc\\""`` and read back with
+its quotes); a GET answers ``application/json``.  Query ``metadata.*`` parameters are merged into
+each saved item's metadata (the query wins, as in Dapr); ``ttlInSeconds`` there sets a TTL (-1 =
+never, 0 = none, as Dapr's stores treat it).  Bodies are read by :mod:`runtime.api.body` (Go's
+case-insensitive field names).  Keys in paths are percent-decoded from the raw path and must be
+UTF-8.  Where omnibus answers differently from Dapr, on purpose: an unknown ``concurrency`` or
+``consistency``, a bad ``ttlInSeconds`` and non-UTF-8 keys are 400 ``ERR_MALFORMED_REQUEST``
+(Dapr lets the store fail them as 500s); a store whose ``scopes`` exclude the app is unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from bus.errors import InvalidArgument
+from runtime.api.body import field, parse_json
+from runtime.errors import ERR_MALFORMED_REQUEST, ApiError, api_error
+from runtime.publish_api import query_metadata
+from state.errors import BulkError, ETagInvalid, ETagMismatch, NotSupported, StateError
+from state.service import StateClient
+from state.store import BulkItem, Concurrency, Consistency, DeleteRequest, Item, SetRequest
+from state.wire import BulkGet, Delete, Get, Query, Result, Save, StoreNotFound, Transact
+from state.wire import Request as StateRequest
+
+if TYPE_CHECKING:
+    from runtime.app import SidecarState
+
+ERR_STATE_STORE_NOT_FOUND = "ERR_STATE_STORE_NOT_FOUND"
+ERR_STATE_STORE_NOT_CONFIGURED = "ERR_STATE_STORE_NOT_CONFIGURED"
+ERR_STATE_STORE_NOT_SUPPORTED = "ERR_STATE_STORE_NOT_SUPPORTED"
+ERR_NOT_SUPPORTED_STATE_OPERATION = "ERR_NOT_SUPPORTED_STATE_OPERATION"
+ERR_STATE_SAVE = "ERR_STATE_SAVE"
+ERR_STATE_GET = "ERR_STATE_GET"
+ERR_STATE_DELETE = "ERR_STATE_DELETE"
+ERR_STATE_BULK_GET = "ERR_STATE_BULK_GET"
+ERR_STATE_TRANSACTION = "ERR_STATE_TRANSACTION"
+ERR_STATE_QUERY = "ERR_STATE_QUERY"
+
+_JSON = "application/json"
+_NO_CONTENT = Response(status_code=204)
+_TTL_MAX = 2**31 - 1
+_CONCURRENCY = {"": Concurrency.LAST_WRITE, **{c.value: c for c in Concurrency}}
+_CONSISTENCY = {"": Consistency.EVENTUAL, **{c.value: c for c in Consistency}}
+
+
+def routes(state: SidecarState) -> list[BaseRoute]:
+    """Dapr's state routes, bound to one sidecar."""
+    api = StateApi(state)
+    return [
+        Route("/v1.0/state/{store}", api.save, methods=["POST", "PUT"]),
+        Route("/v1.0/state/{store}/bulk", api.bulk_get, methods=["POST", "PUT"]),
+        Route("/v1.0/state/{store}/transaction", api.transaction, methods=["POST", "PUT"]),
+        Route("/v1.0/state/{store}/{key:path}", api.get, methods=["GET"]),
+        Route("/v1.0/state/{store}/{key:path}", api.delete, methods=["DELETE"]),
+        Route("/v1.0-alpha1/state/{store}/query", api.query, methods=["POST", "PUT"]),
+    ]
+
+
+def metadata_components(state: SidecarState) -> list[dict[str, Any]]:
+    """The state stores this sidecar serves, as ``/v1.0/metadata`` lists components."""
+    if state.states is None:
+        return []
+    return [
+        {
+            "name": s.name,
+            "type": s.config.type,
+            "version": "v1",
+            "capabilities": sorted(f.value for f in s.features),
+        }
+        for s in state.states.services.values()
+    ]
+
+
+def state_error(exc: BaseException, failure: str) -> ApiError:
+    """Dapr's answer for an error of a state operation whose 500 code is ``failure``."""
+    if isinstance(exc, BulkError) and exc.errors:
+        errors: list[StateError] = [e for _, e in exc.errors]
+        etag_errors = [e for e in errors if isinstance(e, ETagMismatch | ETagInvalid)]
+        return state_error((etag_errors or errors)[0], failure)
+    if isinstance(exc, StoreNotFound):
+        return ApiError(400, ERR_STATE_STORE_NOT_FOUND, str(exc))
+    if isinstance(exc, InvalidArgument):  # bad keys, bad queries
+        return ApiError(400, ERR_MALFORMED_REQUEST, str(exc))
+    if isinstance(exc, NotSupported):
+        return ApiError(500, ERR_STATE_STORE_NOT_SUPPORTED, str(exc))
+    if failure in (ERR_STATE_SAVE, ERR_STATE_DELETE):
+        if isinstance(exc, ETagMismatch):
+            return ApiError(409, failure, f"possible etag mismatch. error from state store: {exc}")
+        if isinstance(exc, ETagInvalid):
+            return ApiError(400, failure, f"invalid etag value: {exc}")
+    if isinstance(exc, StateError):
+        return ApiError(500, failure, str(exc))
+    return api_error(exc, failure=failure)
+
+
+class StateApi:
+    """The state route handlers of one sidecar."""
+
+    def __init__(self, state: SidecarState) -> None:
+        self.state = state
+
+    async def _run(self, store: str, request: StateRequest, failure: str) -> Result:
+        client: StateClient | None = self.state.states
+        if client is None:
+            raise ApiError(500, ERR_STATE_STORE_NOT_CONFIGURED, "state stores are not started")
+        try:
+            return await client.call(store, request)
+        except Exception as exc:
+            raise state_error(exc, failure) from exc
+
+    async def save(self, request: Request) -> Response:
+        """Save an array of items: 204."""
+        return await _answer(self._save, request, ERR_STATE_SAVE)
+
+    async def _save(self, request: Request) -> Response:
+        store = _store(request)
+        payload = parse_json(await request.body())
+        if not isinstance(payload, list):
+            raise ApiError(400, ERR_MALFORMED_REQUEST, "the body must be a JSON array of items")
+        common = query_metadata(request.scope["query_string"])
+        items = tuple(set_request(item, common) for item in payload)
+        await self._run(store, Save(items), ERR_STATE_SAVE)
+        return _NO_CONTENT
+
+    async def get(self, request: Request) -> Response:
+        """The raw value with its ``ETag``; 204 when absent."""
+        return await _answer(self._get, request, ERR_STATE_GET)
+
+    async def _get(self, request: Request) -> Response:
+        store, key = _store_and_key(request)
+        _option(_CONSISTENCY, request.query_params.get("consistency"), "consistency")
+        item = await self._run(store, Get(key), ERR_STATE_GET)
+        if not isinstance(item, Item):
+            return _NO_CONTENT
+        headers = {}
+        if item.etag:
+            headers["ETag"] = item.etag
+        if item.expires_at is not None:
+            headers["metadata.ttlExpireTime"] = rfc3339(item.expires_at)
+        return Response(item.value, headers=headers, media_type=_JSON)
+
+    async def delete(self, request: Request) -> Response:
+        """Delete one key (``If-Match`` etag): 204."""
+        return await _answer(self._delete, request, ERR_STATE_DELETE)
+
+    async def _delete(self, request: Request) -> Response:
+        store, key = _store_and_key(request)
+        params = request.query_params
+        delete = DeleteRequest(
+            key=key,
+            etag=request.headers.get("if-match") or None,
+            concurrency=_option(_CONCURRENCY, params.get("concurrency"), "concurrency"),
+            consistency=_option(_CONSISTENCY, params.get("consistency"), "consistency"),
+        )
+        await self._run(store, Delete(delete), ERR_STATE_DELETE)
+        return _NO_CONTENT
+
+    async def bulk_get(self, request: Request) -> Response:
+        """``[{key, data, etag, metadata, error}]`` in the order of ``keys``."""
+        return await _answer(self._bulk_get, request, ERR_STATE_BULK_GET)
+
+    async def _bulk_get(self, request: Request) -> Response:
+        store = _store(request)
+        payload = _object(parse_json(await request.body()), "the body")
+        keys = field(payload, "keys")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ApiError(400, ERR_MALFORMED_REQUEST, "keys must be an array of strings")
+        parallelism = field(payload, "parallelism")
+        if parallelism is not None and (type(parallelism) is not int or parallelism < 0):
+            raise ApiError(400, ERR_MALFORMED_REQUEST, "parallelism must be a whole number")
+        _metadata(field(payload, "metadata"), "metadata")
+        found = await self._run(store, BulkGet(tuple(keys)), ERR_STATE_BULK_GET)
+        entries = found if isinstance(found, list) else []
+        return Response(orjson.dumps([_bulk_entry(e) for e in entries]), media_type=_JSON)
+
+    async def transaction(self, request: Request) -> Response:
+        """Apply upserts and deletes atomically, in order: 204."""
+        return await _answer(self._transaction, request, ERR_STATE_TRANSACTION)
+
+    async def _transaction(self, request: Request) -> Response:
+        store = _store(request)
+        payload = _object(parse_json(await request.body()), "the body")
+        operations = field(payload, "operations")
+        if operations is not None and not isinstance(operations, list):
+            raise ApiError(400, ERR_MALFORMED_REQUEST, "operations must be an array")
+        common = {
+            **_metadata(field(payload, "metadata"), "metadata"),
+            **query_metadata(request.scope["query_string"]),
+        }
+        steps = tuple(transaction_step(op, common) for op in operations or [])
+        await self._run(store, Transact(steps), ERR_STATE_TRANSACTION)
+        return _NO_CONTENT
+
+    async def query(self, request: Request) -> Response:
+        """``{results: [{key, data, etag}], token}``; 204 when nothing matches."""
+        return await _answer(self._query, request, ERR_STATE_QUERY)
+
+    async def _query(self, request: Request) -> Response:
+        store = _store(request)
+        payload = _object(parse_json(await request.body()), "the query")
+        result = await self._run(store, Query(payload), ERR_STATE_QUERY)
+        if result is None or isinstance(result, Item | list) or not result.results:
+            return _NO_CONTENT
+        body: dict[str, Any] = {"results": [_query_entry(i) for i in result.results]}
+        if result.token:
+            body["token"] = result.token
+        return Response(orjson.dumps(body), media_type=_JSON)
+
+
+async def _answer(handler: Any, request: Request, failure: str) -> Response:
+    try:
+        response: Response = await handler(request)
+        return response
+    except Exception as exc:
+        return state_error(exc, failure).response()
+
+
+def set_request(item: object, common: Mapping[str, str]) -> SetRequest:
+    """One item of a save body (or an upsert's request) as a store request, checked."""
+    entry = _object(item, "a state item")
+    key = _key(field(entry, "key"))
+    etag = field(entry, "etag")
+    if etag is not None and not isinstance(etag, str):
+        raise ApiError(400, ERR_MALFORMED_REQUEST, f"etag of key {key!r} must be a string")
+    metadata = {**_metadata(field(entry, "metadata"), "metadata"), **common}
+    options = _object(field(entry, "options") or {}, "options")
+    content_type = field(entry, "contentType") or metadata.get("contentType")
+    if content_type is not None and not isinstance(content_type, str):
+        raise ApiError(400, ERR_MALFORMED_REQUEST, "contentType must be a string")
+    return SetRequest(
+        key=key,
+        value=orjson.dumps(field(entry, "value")),
+        etag=etag or None,
+        concurrency=_option(_CONCURRENCY, field(options, "concurrency"), "concurrency"),
+        consistency=_option(_CONSISTENCY, field(options, "consistency"), "consistency"),
+        ttl=_ttl(metadata.get("ttlInSeconds")),
+        content_type=content_type,
+    )
+
+
+def delete_request(item: object) -> DeleteRequest:
+    """A transaction's delete request, checked."""
+    entry = _object(item, "a delete request")
+    etag = field(entry, "etag")
+    if etag is not None and not isinstance(etag, str):
+        raise ApiError(400, ERR_MALFORMED_REQUEST, "etag must be a string")
+    options = _object(field(entry, "options") or {}, "options")
+    return DeleteRequest(
+        key=_key(field(entry, "key")),
+        etag=etag or None,
+        concurrency=_option(_CONCURRENCY, field(options, "concurrency"), "concurrency"),
+        consistency=_option(_CONSISTENCY, field(options, "consistency"), "consistency"),
+    )
+
+
+def transaction_step(operation: object, common: Mapping[str, str]) -> SetRequest | DeleteRequest:
+    """One ``{"operation", "request"}`` of a transaction."""
+    entry = _object(operation, "a transaction operation")
+    name = field(entry, "operation")
+    request = field(entry, "request")
+    if name == "upsert":
+        return set_request(request, common)
+    if name == "delete":
+        return delete_request(request)
+    raise ApiError(400, ERR_NOT_SUPPORTED_STATE_OPERATION, f"operation type {name} not supported")
+
+
+def _object(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ApiError(400, ERR_MALFORMED_REQUEST, f"{what} must be a JSON object")
+    return value
+
+
+def _key(key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise ApiError(400, ERR_MALFORMED_REQUEST, "key is missing or not a non-empty string")
+    return key
+
+
+def _metadata(value: object, what: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ApiError(400, ERR_MALFORMED_REQUEST, f"{what} must be an object of strings")
+    return value
+
+
+def _option(choices: Mapping[str, Any], value: object, what: str) -> Any:
+    if value is None:
+        return choices[""]
+    if not isinstance(value, str) or value not in choices:
+        expected = ", ".join(repr(c) for c in choices if c)
+        raise ApiError(400, ERR_MALFORMED_REQUEST, f"{what}: expected {expected}, got {value!r}")
+    return choices[value]
+
+
+def _ttl(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        ttl = int(value)
+    except ValueError:
+        ttl = -2
+    if not -1 <= ttl <= _TTL_MAX:
+        raise ApiError(
+            400,
+            ERR_MALFORMED_REQUEST,
+            f"incorrect value for metadata ttlInSeconds: {value!r} (an integer >= -1)",
+        )
+    return -1 if ttl == 0 else ttl  # 0 means no expiry in Dapr's stores, as -1
+
+
+def _segments(request: Request) -> list[str]:
+    """The raw path's segments, percent-decoded and UTF-8 checked."""
+    raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+    try:
+        return [unquote_to_bytes(s).decode("utf-8") for s in raw.split(b"?")[0].split(b"/")]
+    except UnicodeDecodeError:
+        raise ApiError(400, ERR_MALFORMED_REQUEST, "the store name and key must be UTF-8") from None
+
+
+def _store(request: Request) -> str:
+    segments = _segments(request)
+    return segments[3] if len(segments) > 3 else str(request.path_params["store"])
+
+
+def _store_and_key(request: Request) -> tuple[str, str]:
+    segments = _segments(request)
+    if len(segments) < 5:
+        return str(request.path_params["store"]), str(request.path_params["key"])
+    return segments[3], _key("/".join(segments[4:]))
+
+
+def rfc3339(moment: datetime) -> str:
+    """``2026-12-02T06:00:00Z``, as Dapr writes ``ttlExpireTime``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _data(value: bytes) -> Any:
+    """A stored value as it goes into a JSON answer: the JSON itself, else a string."""
+    try:
+        orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value.decode("utf-8", "replace")
+    return orjson.Fragment(value)
+
+
+def _bulk_entry(entry: BulkItem) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": entry.key}
+    if entry.item is not None:
+        out["data"] = _data(entry.item.value)
+        if entry.item.etag:
+            out["etag"] = entry.item.etag
+        if entry.item.expires_at is not None:
+            out["metadata"] = {"ttlExpireTime": rfc3339(entry.item.expires_at)}
+    if entry.error:
+        out["error"] = entry.error
+    return out
+
+
+def _query_entry(item: Item) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": item.key, "data": _data(item.value)}
+    if item.etag:
+        out["etag"] = item.etag
+    return out
