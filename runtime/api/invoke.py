@@ -19,9 +19,10 @@ instead; omnibus replaces them, since the caller is the local app and no proxy c
 The callee's ``APP_API_TOKEN`` is added by the callee's app channel.
 
 The callee's status, headers (every value) and body come back verbatim, non-2xx included, less
-hop-by-hop headers.  Errors are Dapr's: no app id 404 ``ERR_DIRECT_INVOKE``; no running instance,
-the app not listening, a time-out 500 ``ERR_DIRECT_INVOKE`` ("failed to invoke, id: X, err: ...");
-a body over ``--max-body-size`` 413 (the :class:`~runtime.middleware.ApiGuard`).
+hop-by-hop headers and ``Date`` (the sidecar's server writes its own).  Errors are Dapr's: no app
+id 404 ``ERR_DIRECT_INVOKE``; no running instance, the app not listening, a time-out 500
+``ERR_DIRECT_INVOKE`` ("failed to invoke, id: X, err: ..."); a body over ``--max-body-size`` 413
+(the :class:`~runtime.middleware.ApiGuard`).
 
 ``Prefer: respond-async`` hands the call to the async invocations of ``state.invocations``.
 """
@@ -80,6 +81,8 @@ _DROPPED = frozenset(
 )
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})")
 _NO_BODY_STATUSES = frozenset({204, 304})
+# The sidecar's HTTP server writes its own Date; a second one would make the answer invalid.
+_WRITTEN_BY_SERVER = frozenset({"date"})
 
 
 def routes(state: SidecarState) -> list[BaseRoute]:
@@ -247,7 +250,7 @@ def reply_response(reply: Reply, *, head: bool = False) -> Response:
     raw = [
         (name.lower().encode("latin-1"), value.encode("latin-1"))
         for name, value in reply.headers.items()
-        if not is_hop_by_hop(name)
+        if not is_hop_by_hop(name) and name.lower() not in _WRITTEN_BY_SERVER
     ]
     if head:
         # The app's own Content-Length describes the body a GET would have had.
@@ -274,7 +277,12 @@ def channel_caller(channel: AppChannel) -> AppCaller:
             answer = await channel.call(call.verb, target, headers, call.body, timeout=timeout)
         except AppUnavailable as exc:
             raise AppUnreachable(str(exc) or "the app is not reachable") from exc
-        kept = Headers((k, v) for k, v in answer.headers.items() if not is_hop_by_hop(k))
+        # Content-Length stays: a HEAD answer's tells the caller what a GET would return.
+        kept = Headers(
+            (k, v)
+            for k, v in answer.headers.items()
+            if not is_hop_by_hop(k) or k.lower() == "content-length"
+        )
         return Reply(answer.status, kept, answer.body)
 
     return call_app
