@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError, WatchError
@@ -84,7 +86,10 @@ return redis.call("DEL", KEYS[1])
 
 @dataclass(frozen=True, slots=True)
 class RedisStoreSettings:
-    """Parsed ``state.redis`` metadata; durations in seconds, ``ttl`` the default TTL."""
+    """Parsed ``state.redis`` metadata; durations in seconds, ``ttl`` the default TTL.
+
+    Retries of a failed connection follow Dapr's defaults (3, backing off 8 ms to 512 ms).
+    """
 
     host: str = "localhost"
     port: int = 6379
@@ -97,6 +102,9 @@ class RedisStoreSettings:
     dial_timeout: float = 5.0
     read_timeout: float = 3.0
     pool_size: int | None = None
+    max_retries: int = 3
+    min_retry_backoff: float = 0.008
+    max_retry_backoff: float = 0.512
 
 
 class RedisStore(StoreLifecycle):
@@ -125,6 +133,10 @@ class RedisStore(StoreLifecycle):
             socket_connect_timeout=s.dial_timeout,
             socket_timeout=s.read_timeout,
             max_connections=s.pool_size,
+            retry=Retry(
+                ExponentialWithJitterBackoff(cap=s.max_retry_backoff, base=s.min_retry_backoff),
+                s.max_retries,
+            ),
         )
         try:
             await client.ping()

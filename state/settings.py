@@ -45,6 +45,11 @@ class _Metadata:
                 return name, str(found[1]).strip()
         return None
 
+    def first(self, *names: str) -> str:
+        """The first of ``names`` (a key and its aliases) that is set, else the first name."""
+        found = self.raw(*names)
+        return names[0] if found is None else found[0]
+
     def string(self, *names: str, default: str) -> str:
         found = self.raw(*names)
         return default if found is None else found[1]
@@ -151,9 +156,16 @@ def _redis(name: str, md: _Metadata, home: Path) -> StateStore:
         dial_timeout=_positive(md.duration("dialTimeout", default=5.0), 5.0),
         read_timeout=_positive(md.duration("readTimeout", default=3.0), 3.0),
         pool_size=pool or None,
+        max_retries=max(0, md.integer(md.first("redisMaxRetries", "maxRetries"), default=3)),
+        min_retry_backoff=_positive(
+            md.duration(md.first("redisMinRetryInterval", "minRetryBackoff"), default=0.008), 0.008
+        ),
+        max_retry_backoff=_positive(
+            md.duration(md.first("redisMaxRetryInterval", "maxRetryBackoff"), default=0.512), 0.512
+        ),
     )
-    # Dapr's other keys (maxRetries, maxRetryBackoff, minIdleConns, ...) are accepted and ignored:
-    # redis-py manages its pool and retries itself.
+    # Dapr's other keys (minIdleConns, idleTimeout, ...) are accepted and ignored: redis-py
+    # manages its pool itself.
     return RedisStore(name, settings)
 
 

@@ -388,3 +388,47 @@ async def test_query_compares_json_types_strictly_and_sorts_by_code_point(
     assert by_name == ["nul", "t", "n1", "f", "s1"]
     by_value = await _query(queryable, prefix, {"sort": [{"key": "v", "order": "DESC"}]})
     assert by_value == ["s1", "f", "n1", "t", "nul"]
+
+
+async def test_empty_bulk_set_and_transaction_do_nothing(store: StateStore) -> None:
+    await store.bulk_set([])
+    await store.transact([])
+
+
+@pytest.mark.parametrize("name", ["with space", "uni\u00e7\u00f8de-\u2603", "glob*?[x]", "a||b"])
+async def test_keys_with_any_characters_round_trip(store: StateStore, key: Key, name: str) -> None:
+    etag = await store.set(SetRequest(key(name), b'"v"'))
+    item = await store.get(key(name))
+    assert item is not None and item.etag == etag
+    await store.delete(DeleteRequest(key(name), etag=etag))
+    assert await store.get(key(name)) is None
+
+
+async def test_a_large_value_round_trips(store: StateStore, key: Key) -> None:
+    value = bytes(range(256)) * 4096  # 1 MiB of every byte value
+    await store.set(SetRequest(key("big"), value, is_binary=True))
+    item = await store.get(key("big"))
+    assert item is not None and item.value == value
+
+
+async def test_concurrent_saves_with_one_etag_let_exactly_one_win(
+    store: StateStore, key: Key
+) -> None:
+    etag = await store.set(SetRequest(key("race"), b"0"))
+    saves = [store.set(SetRequest(key("race"), str(i).encode(), etag=etag)) for i in range(8)]
+    results = await asyncio.gather(*saves, return_exceptions=True)
+    winners = [r for r in results if isinstance(r, str)]
+    assert len(winners) == 1
+    assert all(isinstance(r, ETagMismatch) for r in results if not isinstance(r, str))
+    item = await store.get(key("race"))
+    assert item is not None and item.etag == winners[0]
+
+
+async def test_concurrent_first_writes_let_exactly_one_win(store: StateStore, key: Key) -> None:
+    saves = [
+        store.set(SetRequest(key("fw"), str(i).encode(), concurrency=Concurrency.FIRST_WRITE))
+        for i in range(8)
+    ]
+    results = await asyncio.gather(*saves, return_exceptions=True)
+    assert sum(isinstance(r, str) for r in results) == 1
+    assert all(isinstance(r, ETagMismatch) for r in results if not isinstance(r, str))

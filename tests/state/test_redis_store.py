@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from state.errors import ETagInvalid, ETagMismatch
-from state.redis import RedisStore
+from state.redis import RedisStore, RedisStoreSettings
 from state.store import Concurrency, DeleteRequest, Feature, SetRequest, StateStore
+from tests.backends.redis import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -83,3 +84,17 @@ async def test_transaction_versions_continue_from_the_stored_ones(
 
 async def test_features_include_actor_only_when_configured(store: RedisStore) -> None:
     assert store.features == {Feature.ETAG, Feature.TRANSACTIONAL, Feature.TTL}
+
+
+async def test_the_component_ttl_applies_when_a_save_names_none(
+    redis_server: RedisServer, key: Key
+) -> None:
+    settings = RedisStoreSettings(host="127.0.0.1", port=redis_server.port, ttl=100)
+    async with RedisStore("s", settings) as store:
+        try:
+            await store.set(SetRequest(key("d"), b"1"))
+            assert 90 < await store.client.ttl(key("d")) <= 100
+            await store.set(SetRequest(key("d"), b"1", ttl=-1))
+            assert await store.client.ttl(key("d")) == -1
+        finally:
+            await store.client.delete(key("d"))

@@ -67,7 +67,8 @@ def test_redis_metadata() -> None:
         "enableTLS": "true",
         "actorStateStore": "true",
         "ttlInSeconds": "60",
-        "maxRetries": "5",
+        "redisMaxRetries": "5",
+        "maxRetryBackoff": "1s",
     }
     store = store_from_component("cache", "state.redis", metadata, home=HOME)
     assert isinstance(store, RedisStore)
@@ -81,6 +82,7 @@ def test_redis_metadata() -> None:
         True,
         60,
     )
+    assert (s.max_retries, s.min_retry_backoff, s.max_retry_backoff) == (5, 0.008, 1.0)
     assert Feature.ACTOR in store.features
     assert "secret" not in repr(s)
 

@@ -1,0 +1,75 @@
+"""Connecting, closing and failing: every store says StoreUnavailable, never a driver error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from state.errors import StoreUnavailable
+from state.postgresql import PostgresSettings, PostgresStore
+from state.redis import RedisStore, RedisStoreSettings
+from state.sqlite import SqliteSettings, SqliteStore
+from state.store import SetRequest, StateStore
+from tests.backends.redis import RedisServer, free_port, redis_available
+
+
+async def test_connect_and_close_are_idempotent_and_keep_the_data(
+    store: StateStore, key: Callable[[str], str]
+) -> None:
+    await store.connect()
+    await store.set(SetRequest(key("k"), b"1"))
+    await store.close()
+    await store.close()
+    await store.connect()  # the fixture closes it again at the end
+    item = await store.get(key("k"))
+    assert item is not None and item.value == b"1"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgresql"])
+async def test_a_store_used_before_connect_is_unavailable(kind: str, tmp_path: Path) -> None:
+    stores: dict[str, StateStore] = {
+        "sqlite": SqliteStore("s", SqliteSettings(str(tmp_path / "s.db"))),
+        "redis": RedisStore("s", RedisStoreSettings()),
+        "postgresql": PostgresStore("s", PostgresSettings("host=127.0.0.1")),
+    }
+    with pytest.raises(StoreUnavailable):
+        await stores[kind].get("k")
+
+
+async def test_unreachable_redis_is_unavailable() -> None:
+    store = RedisStore("s", RedisStoreSettings(host="127.0.0.1", port=free_port(), max_retries=0))
+    with pytest.raises(StoreUnavailable):
+        await store.connect()
+
+
+async def test_unreachable_postgresql_is_unavailable() -> None:
+    settings = PostgresSettings(f"host=127.0.0.1 port={free_port()} user=x connect_timeout=2")
+    with pytest.raises(StoreUnavailable):
+        await PostgresStore("s", settings).connect()
+
+
+async def test_an_unopenable_sqlite_file_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(StoreUnavailable):
+        await SqliteStore("s", SqliteSettings(str(tmp_path / "dir.db"))).connect()
+
+
+@pytest.mark.redis
+async def test_redis_going_away_mid_use_is_unavailable(tmp_path: Path) -> None:
+    if not redis_available():
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        settings = RedisStoreSettings(host="127.0.0.1", port=server.port, max_retries=1)
+        async with RedisStore("s", settings) as store:
+            await store.set(SetRequest("k", b"1"))
+            server.kill()
+            with pytest.raises(StoreUnavailable):
+                await store.get("k")
+            with pytest.raises(StoreUnavailable):
+                await store.set(SetRequest("k", b"2"))
+    finally:
+        server.kill()
