@@ -23,7 +23,14 @@ from typing import Protocol
 
 from bus.broker import BaseBroker
 from bus.envelope import Envelope
-from bus.errors import BrokerError, NoResponders, RemoteError, RequestError, RequestTimeout
+from bus.errors import (
+    BrokerError,
+    InvalidArgument,
+    NoResponders,
+    RemoteError,
+    RequestError,
+    RequestTimeout,
+)
 from bus.message import Message
 from bus.options import RetryPolicy
 from invoke.call import AppCaller, Call, Reply, call_topic
@@ -186,7 +193,10 @@ class Invoker:
             raise InvokeError(failed_to_invoke(app, str(exc))) from exc
         except (RequestError, BrokerError) as exc:
             raise InvokeError(failed_to_invoke(app, f"{type(exc).__name__}: {exc}")) from exc
-        return Reply.from_envelope(Envelope.decode(reply.data))
+        try:
+            return Reply.from_envelope(Envelope.decode(reply.data))
+        except InvalidArgument as exc:
+            raise InvokeError(failed_to_invoke(app, f"unreadable reply: {exc}")) from None
 
 
 def _record(policy: InvokePolicy, *, success: bool) -> None:
