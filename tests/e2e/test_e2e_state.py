@@ -1,0 +1,91 @@
+"""The state API with real sidecar processes sharing the embedded system bus of one OMNIBUS_HOME.
+
+Key prefixes keep apps apart; a sidecar without the store's component reaches it through the
+sidecar that serves it, which refuses apps the component's ``scopes`` exclude.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import requests
+
+from tests.e2e.conftest import Cluster, Sidecar, component
+
+
+def _statestore(cluster: Cluster, tmp_path: Path, scopes: tuple[str, ...] = ()) -> Path:
+    text = component("statestore", "state.sqlite", {"connectionString": str(tmp_path / "s.db")})
+    if scopes:
+        text += "scopes:\n" + "".join(f"  - {app}\n" for app in scopes)
+    return cluster.resources(text)
+
+
+def save(sidecar: Sidecar, key: str, value: object, store: str = "statestore") -> None:
+    reply = sidecar.post(f"/v1.0/state/{store}", json=[{"key": key, "value": value}])
+    assert reply.status_code == 204, reply.text
+
+
+def get(sidecar: Sidecar, key: str, store: str = "statestore") -> requests.Response:
+    return sidecar.get(f"/v1.0/state/{store}/{key}")
+
+
+def test_two_apps_do_not_see_each_others_keys(cluster: Cluster, tmp_path: Path) -> None:
+    resources = _statestore(cluster, tmp_path)
+    orders = cluster.sidecar(cluster.app_id("orders"), resources)
+    billing = cluster.sidecar(cluster.app_id("billing"), resources)
+
+    save(orders, "order-1", {"total": 10})
+    assert get(orders, "order-1").json() == {"total": 10}
+    assert get(billing, "order-1").status_code == 204
+
+    save(billing, "order-1", {"total": 99})
+    assert get(orders, "order-1").json() == {"total": 10}
+    assert get(billing, "order-1").json() == {"total": 99}
+
+
+def test_a_sidecar_without_the_component_reaches_the_store_over_the_bus(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    server = cluster.sidecar(cluster.app_id("server"), _statestore(cluster, tmp_path))
+    client = cluster.sidecar(cluster.app_id("client"), cluster.resources())
+    names = [c["name"] for c in client.get("/v1.0/metadata").json()["components"]]
+    assert "statestore" not in names
+
+    save(client, "k", {"from": "client"})
+    reply = get(client, "k")
+    assert reply.status_code == 200 and reply.json() == {"from": "client"}
+    assert reply.headers["ETag"]
+    assert get(server, "k").status_code == 204  # the client's prefix, not the server's
+
+    bulk = client.post("/v1.0/state/statestore/bulk", json={"keys": ["k", "nope"]})
+    assert [e["key"] for e in bulk.json()] == ["k", "nope"]
+    stale = client.post(
+        "/v1.0/state/statestore", json=[{"key": "k", "value": 1, "etag": "not-the-etag"}]
+    )
+    assert stale.status_code == 409 and stale.json()["errorCode"] == "ERR_STATE_SAVE"
+    assert requests.delete(client.url("/v1.0/state/statestore/k"), timeout=10).status_code == 204
+    assert get(client, "k").status_code == 204
+
+    # nobody serves this store: an answer at once, not a time-out
+    started = time.monotonic()
+    missing = get(client, "k", store="nostore")
+    assert missing.status_code == 400
+    assert missing.json()["errorCode"] == "ERR_STATE_STORE_NOT_FOUND"
+    assert time.monotonic() - started < 5
+
+
+def test_scopes_refuse_an_app_the_component_excludes(cluster: Cluster, tmp_path: Path) -> None:
+    allowed = cluster.app_id("allowed")
+    resources = _statestore(cluster, tmp_path, scopes=(allowed,))
+    server = cluster.sidecar(allowed, resources)
+    outsider = cluster.sidecar(cluster.app_id("outsider"), resources)
+
+    save(server, "k", 1)
+    assert get(server, "k").json() == 1
+    refused = get(outsider, "k")
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["errorCode"] == "ERR_STATE_STORE_NOT_FOUND"
+    saved = outsider.post("/v1.0/state/statestore", json=[{"key": "k", "value": 2}])
+    assert saved.status_code == 400
+    assert get(server, "k").json() == 1
