@@ -11,13 +11,14 @@ BACKENDS = ("sqlite", "redis", "rabbitmq")
 # The in-process backend can be measured bus-only (the delivery engine's own ceiling); two
 # sidecar processes cannot share it, so its HTTP scenarios are reported as skipped.
 EXTRA_BACKENDS = ("memory",)
-SCENARIOS = ("ingest", "e2e", "latency", "bus", "cost")
+SCENARIOS = ("ingest", "e2e", "latency", "bus", "cost", "rpc")
 SCENARIO_TITLES = {
     "ingest": "publish ingest over HTTP",
     "e2e": "end-to-end through two sidecars",
     "latency": "latency at a fixed rate",
     "bus": "bus only: consume + ack",
     "cost": "sidecar cost",
+    "rpc": "request/reply, bus only",
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -14,21 +14,23 @@ from typing import Any, Literal
 from benchmarks.config import BACKENDS, EXTRA_BACKENDS, SCENARIOS
 from benchmarks.report import BASELINES, Measurement
 
-GoalKind = Literal["ratio_min", "min", "max"]
+GoalKind = Literal["ratio_min", "ratio_max", "min", "max"]
 Key = tuple[str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
 class Goal:
-    """``ratio_min``: value >= threshold x baseline; ``min``/``max``: value against threshold."""
+    """``ratio_min``/``ratio_max``: value >= / <= threshold x baseline; ``min``/``max``: value
+    against threshold (a ``ratio_max`` suits times, where the smaller figure is the better)."""
 
     kind: GoalKind
     threshold: float
 
     def describe(self, unit: str) -> str:
         """Human text such as ``>= 0.6x baseline`` or ``<= 2 ms``."""
-        if self.kind == "ratio_min":
-            return f">= {self.threshold:g}x baseline"
+        if self.kind in ("ratio_min", "ratio_max"):
+            sign = ">=" if self.kind == "ratio_min" else "<="
+            return f"{sign} {self.threshold:.3g}x baseline"
         sign = ">=" if self.kind == "min" else "<="
         return f"{sign} {format_value(self.threshold, unit)}"
 
@@ -36,6 +38,8 @@ class Goal:
         """True/False when it can be judged, None when the baseline is missing."""
         if self.kind == "ratio_min":
             return None if ratio is None else ratio >= self.threshold
+        if self.kind == "ratio_max":
+            return None if ratio is None else ratio <= self.threshold
         if self.kind == "min":
             return value >= self.threshold
         return value <= self.threshold
@@ -89,6 +93,32 @@ SPECS: tuple[FigureSpec, ...] = (
     FigureSpec("cost", "*", "cpu per 1k msg/s (subscriber)", None, Goal("max", 0.25)),
 )  # fmt: skip
 
+RPC_RATES = ("calls/s (1 in flight)", "calls/s (64 in flight)")
+RPC_TIMES = ("p50", "p99")
+# Request/reply (issue 9): ahead of FastStream's request on the same broker, and at least 0.7x
+# the raw client; for a time "0.7x as fast" is at most 1/0.7 of the raw client's time.
+RPC_PEERS = (
+    ("redis", "redis-py", "faststream-redis"),
+    ("rabbitmq", "aio-pika", "faststream-rabbit"),
+)
+RPC_RAW_SHARE = 0.7
+
+
+def _rpc_specs() -> tuple[FigureSpec, ...]:
+    specs = []
+    for backend, raw, peer in RPC_PEERS:
+        for variant in RPC_RATES + RPC_TIMES:
+            kind: GoalKind = "ratio_min" if variant in RPC_RATES else "ratio_max"
+            share = RPC_RAW_SHARE if kind == "ratio_min" else 1 / RPC_RAW_SHARE
+            specs.append(FigureSpec("rpc", backend, variant, ("rpc", peer, variant),
+                                    Goal(kind, 1.0)))  # fmt: skip
+            specs.append(FigureSpec("rpc", backend, variant, ("rpc", raw, variant),
+                                    Goal(kind, share)))  # fmt: skip
+    return tuple(specs)
+
+
+SPECS += _rpc_specs()
+
 
 def figure_rows(
     measurements: Iterable[Measurement], specs: Iterable[FigureSpec] = SPECS
@@ -136,7 +166,7 @@ def _order(measurement: Measurement) -> tuple[int, int, str]:
 
 def format_value(value: float, unit: str) -> str:
     """``12,345 msg/s``, ``1.23 ms``, ``41.2 MB``: precision suited to the unit."""
-    if unit == "msg/s":
+    if unit.endswith("/s"):  # msg/s, calls/s, ops/s
         return f"{value:,.0f} {unit}"
     if unit == "ms":
         return f"{value:.2f} {unit}"

@@ -16,9 +16,10 @@ BEFORE_AFTER = Path(__file__).resolve().parent / "before_after.md"
 RUNNING = """\
 ## Running it
 
-`omnibus bench` (or `python -m benchmarks`) runs every scenario on sqlite, redis and rabbitmq;
+`omnibus bench` (or `python -m benchmarks`) runs every scenario on sqlite, redis and rabbitmq
+(`--backends memory,...` adds the in-process bus to the bus-only scenarios);
 `--quick` keeps the whole run under two minutes. `--backends redis,rabbitmq`, `--scenarios
-ingest,e2e,latency,bus,cost`, `--size`, `--duration`, `--rate`, `--messages` narrow it down;
+ingest,e2e,latency,bus,cost,rpc`, `--size`, `--duration`, `--rate`, `--messages` narrow it down;
 `--repeat N` runs every phase N times and reports each figure's median (this VM's run-to-run
 spread is wide: single runs a few minutes apart differed by up to 25% on the same figure);
 `--profile` adds py-spy summaries of the sidecars (the sampler shares the two cores, so
@@ -65,6 +66,16 @@ figure includes the cost of sharing them; ratios compare figures taken in the sa
    both sidecar processes: RSS one second after both report healthy (nothing published yet), RSS
    and peak RSS after the fixed-rate phase, and CPU seconds spent from the start of the fixed-rate
    phase until its last message was delivered, per 1,000 messages (= cores per 1,000 msg/s).
+6. **Request/reply, bus only.** In one process, no HTTP: an echo server (`broker.serve`, call
+   mode, 100 handlers) and a caller (`broker.request`) on two broker objects, so the in-process
+   shortcut is not taken; the request body is the payload and the reply is the same bytes.
+   Calls/s with 1 and with 64 calls in flight, p50/p99 of one call at 1 in flight, after a
+   warm-up of 20 calls. Baselines in the same run, also two clients each: raw redis-py (callers
+   LPUSH onto a list; a server loop takes up to 100 per BLMPOP and PUBLISHes each reply, pipelined,
+   to the caller's Pub/Sub channel), raw aio-pika (an RPC server on a queue; callers with direct
+   reply-to and publisher confirms), and FastStream's `broker.request` (a list subscriber with
+   64 workers; a queue subscriber). All subjects of a backend take turns in four slices of
+   each phase, so a neighbour's load falls on all of them alike.
 
 `--profile` runs py-spy on the sidecars during the ingest, end-to-end and fixed-rate phases
 (collapsed stacks `profile-<backend>-<phase>-<role>.txt` in the results directory, summaries

@@ -38,6 +38,7 @@ from benchmarks.report import (
     load_measurements,
     save_json,
 )
+from benchmarks.rpc import measure_rpc
 from benchmarks.services import RABBIT_URL, Services, Target
 
 HTTP_SCENARIOS = ("ingest", "e2e", "latency", "cost")
@@ -82,6 +83,8 @@ async def _one_round(config: BenchConfig, services: Services, step: Step) -> Rep
         for scenario in config.scenarios:
             report.skip(scenario, backend, f"broker unavailable: {reason}")
     await _bus_phases(config, report, services, step)
+    if config.wants("rpc"):
+        await measure_rpc(config, report, services, step, _guarded)
     await _http_phases(config, report, services, services.run_id, step)
     report.finished = time.time()
     return report
@@ -149,6 +152,8 @@ def _steps(config: BenchConfig, services: Services) -> int:
     steps = 0
     if config.wants("bus"):
         steps += len(backends) + 3 * ("redis" in backends) + 2 * ("rabbitmq" in backends)
+    if config.wants("rpc"):
+        steps += len(backends)
     http = [b for b in backends if b != "memory"]
     if http and any(config.wants(s) for s in HTTP_SCENARIOS):
         steps += 2 + 6 * len(http)

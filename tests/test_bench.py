@@ -115,6 +115,58 @@ def test_repeat_must_be_positive() -> None:
         config_from_args(parser.parse_args(["--repeat", "0"]))
 
 
+def test_request_reply_goals_compare_with_faststream_and_the_raw_client() -> None:
+    measurements = [
+        Measurement("rpc", "redis", "calls/s (64 in flight)", 800.0, "calls/s"),
+        Measurement("rpc", "faststream-redis", "calls/s (64 in flight)", 400.0, "calls/s"),
+        Measurement("rpc", "redis-py", "calls/s (64 in flight)", 1000.0, "calls/s"),
+        Measurement("rpc", "redis", "p50", 1.5, "ms"),
+        Measurement("rpc", "faststream-redis", "p50", 3.0, "ms"),
+        Measurement("rpc", "redis-py", "p50", 1.0, "ms"),
+    ]
+    rows = {(r["variant"], r["baseline"]): r for r in figure_rows(measurements)}
+    rate_peer = rows[("calls/s (64 in flight)", "faststream-redis/calls/s (64 in flight)")]
+    rate_raw = rows[("calls/s (64 in flight)", "redis-py/calls/s (64 in flight)")]
+    assert rate_peer["met"] is True and rate_raw["met"] is True  # 2x and 0.8x
+    time_peer = rows[("p50", "faststream-redis/p50")]
+    time_raw = rows[("p50", "redis-py/p50")]
+    assert time_peer["met"] is True  # half FastStream's time
+    assert time_raw["met"] is False and time_raw["goal"] == "<= 1.43x baseline"  # 1.5x raw
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_request_reply_scenario_on_memory_and_sqlite(tmp_path: Path) -> None:
+    # Given: the request/reply scenario alone, on the in-process bus and on SQLite
+    config = BenchConfig(
+        backends=("memory", "sqlite"),
+        scenarios=("rpc",),
+        ingest_duration=0.5,
+        output=tmp_path / "results",
+        plots=False,
+        quick=True,
+    )
+    # When
+    with (tmp_path / "console.txt").open("w") as out:
+        document = await run_bench(config, Console(file=out, width=140))
+    # Then: every figure of both backends, from calls that all succeeded
+    assert document["skipped"] == []
+    found = {(m["subject"], m["variant"]): m for m in document["measurements"]}
+    for backend in ("memory", "sqlite"):
+        for variant in ("calls/s (1 in flight)", "calls/s (64 in flight)", "p50", "p99"):
+            measurement = found[(backend, variant)]
+            assert measurement["scenario"] == "rpc" and measurement["value"] > 0
+        one = found[(backend, "calls/s (1 in flight)")]["details"]
+        assert one["calls"] > 0 and one["errors"] == 0
+        assert found[(backend, "calls/s (64 in flight)")]["details"]["errors"] == 0
+        assert found[(backend, "p50")]["value"] <= found[(backend, "p99")]["value"]
+        # one call at a time: the mean call lasts at most 1/rate, and (Markov) the median at
+        # most twice the mean
+        rate = found[(backend, "calls/s (1 in flight)")]["value"]
+        assert found[(backend, "p50")]["value"] <= 2 * 1000 / rate
+    assert {m["scenario"] for m in document["measurements"]} == {"rpc"}
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(180)
 async def test_quick_run_on_sqlite_writes_json_plots_and_markdown(tmp_path: Path) -> None:
