@@ -20,6 +20,7 @@ from rich.console import Console
 from bus.errors import InvalidName, OmnibusError
 from bus.message import validate_name
 from runtime.cli.commands import add_bench, add_dlq, add_init, add_list, add_publish
+from runtime.cli.state import add_state
 
 if TYPE_CHECKING:
     from runtime.cli.run import RunPlan
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_init(commands)
     add_list(commands)
     add_publish(commands)
+    add_state(commands)
     add_dlq(commands)
     add_bench(commands)
     return parser

@@ -6,9 +6,11 @@ sidecar that serves it, which refuses apps the component's ``scopes`` exclude.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.e2e.conftest import Cluster, Sidecar, component
@@ -89,3 +91,34 @@ def test_scopes_refuse_an_app_the_component_excludes(cluster: Cluster, tmp_path:
     saved = outsider.post("/v1.0/state/statestore", json=[{"key": "k", "value": 2}])
     assert saved.status_code == 400
     assert get(server, "k").json() == 1
+
+
+def test_the_state_cli_goes_through_a_running_sidecar(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runtime.cli import main
+
+    bus = component("pubsub", "pubsub.sqlite", {"connectionString": str(tmp_path / "bus.db")})
+    store = component("statestore", "state.sqlite", {"connectionString": str(tmp_path / "s.db")})
+    resources = cluster.resources(bus, store)
+    app_id = cluster.app_id("cli")
+    sidecar = cluster.sidecar(app_id, resources)
+    found = ["--resources-path", str(resources), "--app-id", app_id]  # through presence
+
+    assert main(["state", "set", "order-1", '{"total": 10}', *found]) == 0
+    assert main(["state", "get", "order-1", *found]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"total": 10}
+    assert get(sidecar, "order-1").json() == {"total": 10}  # the sidecar's own app prefix
+
+    port = ["--dapr-http-port", str(sidecar.port)]
+    assert main(["state", "set", "order-2", '"two"', "--first-write", *port]) == 0
+    assert main(["state", "set", "order-2", '"again"', "--first-write", *port]) == 1
+    assert "ERR_STATE_SAVE" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["state", "list", *port]) == 0
+    listing = capsys.readouterr().out
+    assert "order-1" in listing and "order-2" in listing
+    assert main(["state", "delete", "order-1", *port]) == 0
+    assert main(["state", "get", "order-1", *port]) == 1
+    assert main(["state", "get", "k", "--store", "nostore", *port]) == 1
+    assert "ERR_STATE_STORE_NOT_FOUND" in capsys.readouterr().err
