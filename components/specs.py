@@ -96,6 +96,19 @@ class RetrySpec:
     duration: float = 5.0  # seconds: the constant interval, or the first exponential one
     max_interval: float = 60.0
     max_retries: int = -1
+    # matching: the HTTP statuses / gRPC codes retried; None retries every failure of its kind
+    http_status_codes: frozenset[int] | None = None
+    grpc_status_codes: frozenset[int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerSpec:
+    """A named circuit breaker of a Resiliency file (Dapr's fields and defaults)."""
+
+    max_requests: int = 1  # requests let through while half-open
+    interval: float = 0.0  # seconds after which a closed breaker clears its counts; 0: never
+    timeout: float = 60.0  # seconds an open breaker waits before going half-open
+    trip: str = "consecutiveFailures > 5"  # CEL over the counts: true opens the breaker
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +118,10 @@ class ResiliencySpec:
     name: str
     retries: Mapping[str, RetrySpec] = field(default_factory=lambda: MappingProxyType({}))
     timeouts: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    # component name -> direction ("inbound" | "outbound") -> {"retry": name, "timeout": name}
+    circuit_breakers: Mapping[str, CircuitBreakerSpec] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    # component name -> direction ("inbound" | "outbound") -> {"retry" | "timeout" | ...: name}
     components: Mapping[str, Mapping[str, Mapping[str, str]]] = field(
         default_factory=lambda: MappingProxyType({})
     )
