@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
+from types import TracebackType
 
 from state.store import Concurrency, DeleteRequest, SetRequest
 
@@ -28,3 +31,31 @@ def expiry_epoch(ttl: int | None, now: float | None = None) -> float | None:
 def epoch_to_datetime(epoch: float | None) -> datetime | None:
     """An aware UTC datetime, or None."""
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+class InFlight:
+    """Counts a store's running operations, so that ``close`` lets them finish first."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def __aenter__(self) -> None:
+        self._count += 1
+        self._idle.clear()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._count -= 1
+        if self._count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Return once no operation runs, or after ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)

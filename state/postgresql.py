@@ -52,6 +52,12 @@ from state.store import (
 )
 
 _ALIVE = "(expires_at IS NULL OR expires_at >= now())"
+_DRIVER_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +101,7 @@ class PostgresStore(StoreLifecycle):
                 max_size=s.max_connections,
                 command_timeout=s.timeout,
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"state store {self.name!r}: PostgreSQL: {exc}") from exc
         try:
             async with pool.acquire() as conn:
@@ -262,7 +268,7 @@ class PostgresStore(StoreLifecycle):
         """Driver errors become StoreUnavailable; ours pass through."""
         try:
             yield
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"state store {self.name!r}: PostgreSQL: {exc}") from exc
 
     async def _purge_periodically(self) -> None:

@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from state._common import given_etag, needs_absent
+from state._common import InFlight, given_etag, needs_absent
 from state.errors import (
     BulkError,
     ETagInvalid,
@@ -53,6 +53,7 @@ from state.store import (
 
 _MISMATCH = "ETAG_MISMATCH"
 _WATCH_RETRIES = 10
+_CLOSE_GRACE = 5.0
 
 # KEYS[1] key; ARGV[1] expected etag ("" = none); ARGV[2] data; ARGV[3] "1" = first-write;
 # ARGV[4] TTL seconds (<= 0: no expiry).
@@ -117,6 +118,7 @@ class RedisStore(StoreLifecycle):
         self.features = frozenset(base | ({Feature.ACTOR} if settings.actor_state_store else set()))
         self._client: aioredis.Redis | None = None
         self._scripts: tuple[AsyncScript, AsyncScript] | None = None
+        self._inflight = InFlight()
 
     async def connect(self) -> None:
         """Create the client and check the server answers."""
@@ -147,7 +149,8 @@ class RedisStore(StoreLifecycle):
         self._scripts = (client.register_script(_SET), client.register_script(_DELETE))
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Let running operations finish (a few seconds at most), then close the pool."""
+        await self._inflight.wait_idle(_CLOSE_GRACE)
         client, self._client, self._scripts = self._client, None, None
         if client is not None:
             await client.aclose()
@@ -177,6 +180,10 @@ class RedisStore(StoreLifecycle):
 
     async def bulk_get(self, keys: Sequence[str]) -> list[BulkItem]:
         """HGETALL and PEXPIRETIME of every key in one pipeline."""
+        async with self._inflight:
+            return await self._bulk_get_now(keys)
+
+    async def _bulk_get_now(self, keys: Sequence[str]) -> list[BulkItem]:
         if not keys:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -195,6 +202,10 @@ class RedisStore(StoreLifecycle):
 
     async def set(self, request: SetRequest) -> str:
         """Run the save script; its reply is the new version."""
+        async with self._inflight:
+            return await self._set_now(request)
+
+    async def _set_now(self, request: SetRequest) -> str:
         args = self._set_args(request)
         try:
             version = await self._set(keys=[request.key], args=args)
@@ -204,6 +215,10 @@ class RedisStore(StoreLifecycle):
 
     async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
         """Every save script in one pipeline; BulkError lists the ones that failed."""
+        async with self._inflight:
+            return await self._bulk_set_now(requests)
+
+    async def _bulk_set_now(self, requests: Sequence[SetRequest]) -> None:
         errors: list[tuple[str, StateError]] = []
         pipe = self.client.pipeline(transaction=False)
         queued = []
@@ -228,6 +243,10 @@ class RedisStore(StoreLifecycle):
 
     async def delete(self, request: DeleteRequest) -> None:
         """Run the delete script."""
+        async with self._inflight:
+            return await self._delete_now(request)
+
+    async def _delete_now(self, request: DeleteRequest) -> None:
         etag = given_etag(request)
         _check_etag(etag)
         try:
@@ -237,6 +256,10 @@ class RedisStore(StoreLifecycle):
 
     async def transact(self, operations: Sequence[Operation]) -> None:
         """WATCH the keys, check etags in order, write in MULTI/EXEC; retry if a key changed."""
+        async with self._inflight:
+            return await self._transact_now(operations)
+
+    async def _transact_now(self, operations: Sequence[Operation]) -> None:
         if not operations:
             return
         for operation in operations:

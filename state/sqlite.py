@@ -97,12 +97,13 @@ class SqliteStore(StoreLifecycle):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cleanup
             self._cleanup = None
-        executor, db = self._executor, self._db
-        self._executor = self._db = None
+        # New calls are refused at once; calls already queued on the worker finish first.
+        executor, self._executor = self._executor, None
         if executor is None:
             return
-        if db is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, db.close)
+        if self._db is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, self._db.close)
+            self._db = None
         executor.shutdown(wait=True)
 
     async def get(self, key: str) -> Item | None:

@@ -71,6 +71,7 @@ async def store_redis(redis_server: RedisServer, prefix: str) -> AsyncIterator[S
     settings = RedisStoreSettings(host="127.0.0.1", port=redis_server.port)
     async with RedisStore("statestore", settings) as store:
         yield store
+        await store.connect()  # a test may have closed it
         keys = [k async for k in store.client.scan_iter(match=prefix.replace("|", "\\|") + "*")]
         if keys:
             await store.client.delete(*keys)
@@ -105,6 +106,7 @@ async def store_postgresql(postgres_reachable: bool) -> AsyncIterator[StateStore
         try:
             yield store
         finally:
+            await store.connect()  # a test may have closed it
             await drop_postgres_tables(store)
 
 

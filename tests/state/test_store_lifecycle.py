@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,3 +74,13 @@ async def test_redis_going_away_mid_use_is_unavailable(tmp_path: Path) -> None:
                 await store.set(SetRequest("k", b"2"))
     finally:
         server.kill()
+
+
+async def test_calls_in_flight_finish_when_a_store_closes(
+    store: StateStore, key: Callable[[str], str]
+) -> None:
+    calls = [asyncio.ensure_future(store.set(SetRequest(key(str(i)), b"1"))) for i in range(20)]
+    await asyncio.sleep(0)
+    await store.close()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, str | StoreUnavailable) for r in results), results
