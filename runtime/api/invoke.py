@@ -34,8 +34,8 @@ import binascii
 import logging
 import re
 import secrets
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
 from starlette.requests import Request
@@ -45,9 +45,10 @@ from starlette.types import Receive, Scope, Send
 
 from bus.envelope import Headers
 from bus.message import validate_name
-from components.specs import Resources
+from components.resiliency import CircuitBreaker, app_breaker, to_retry_policy
+from components.specs import ResiliencySpec, Resources
 from invoke.call import AppCaller, Call, Reply
-from invoke.client import Invoker
+from invoke.client import NO_POLICY, InvokePolicy, Invoker, RetryRule
 from invoke.errors import AppUnreachable, InvokeError
 from invoke.server import DEFAULT_CONCURRENCY
 from runtime.channel import AppChannel, AppUnavailable, is_hop_by_hop
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from runtime.app import SidecarState
 
 log = logging.getLogger("omnibus.runtime")
+
+T = TypeVar("T")
 
 ERR_DIRECT_INVOKE = "ERR_DIRECT_INVOKE"
 APP_ID_HEADER = "dapr-app-id"
@@ -81,6 +84,7 @@ _DROPPED = frozenset(
 )
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})")
 _NO_BODY_STATUSES = frozenset({204, 304})
+_POLICY_CACHE = 1024
 # The sidecar's HTTP server writes its own Date; a second one would make the answer invalid.
 _WRITTEN_BY_SERVER = frozenset({"date"})
 
@@ -290,7 +294,59 @@ def channel_caller(channel: AppChannel) -> AppCaller:
 
 def build_invoker(state: SidecarState, resources: Resources) -> Invoker:
     """The sidecar's invoker over its system bus, with the apps' Resiliency policies."""
-    return Invoker(state.bus, state.app_id)
+    return Invoker(state.bus, state.app_id, policies=app_policies(resources.resiliencies))
+
+
+def app_policies(resiliencies: Sequence[ResiliencySpec]) -> Callable[[str], InvokePolicy]:
+    """The policy for calls to each app: ``targets.apps.<id>``, else Dapr's reserved defaults.
+
+    Resolved once per app id and kept (its circuit breaker counts across calls); at most
+    :data:`_POLICY_CACHE` app ids are kept, the oldest forgotten first.
+    """
+    if not resiliencies:
+        return lambda _: NO_POLICY
+    known: dict[str, InvokePolicy] = {}
+
+    def policy(app_id: str) -> InvokePolicy:
+        found = known.get(app_id)
+        if found is None:
+            if len(known) >= _POLICY_CACHE:
+                del known[next(iter(known))]
+            found = known[app_id] = _app_policy(resiliencies, app_id)
+        return found
+
+    return policy
+
+
+def _app_policy(resiliencies: Sequence[ResiliencySpec], app_id: str) -> InvokePolicy:
+    retry = _app_target(resiliencies, app_id, "retry", lambda r: r.retries)
+    timeout = _app_target(resiliencies, app_id, "timeout", lambda r: r.timeouts)
+    breaker = app_breaker(resiliencies, app_id)
+    return InvokePolicy(
+        timeout=timeout or None,
+        retry=None
+        if retry is None
+        else RetryRule(to_retry_policy(retry), retry.http_status_codes, retry.grpc_status_codes),
+        breaker=None if breaker is None else CircuitBreaker(breaker),
+    )
+
+
+def _app_target(
+    resiliencies: Sequence[ResiliencySpec],
+    app_id: str,
+    key: str,
+    table: Callable[[ResiliencySpec], Mapping[str, T]],
+) -> T | None:
+    for resiliency in resiliencies:
+        name = resiliency.apps.get(app_id, {}).get(key)
+        if name is not None:
+            return table(resiliency)[name]
+    kind = "Retry" if key == "retry" else "Timeout"
+    for reserved in (f"DefaultApp{kind}Policy", f"Default{kind}Policy"):
+        for resiliency in resiliencies:
+            if reserved in table(resiliency):
+                return table(resiliency)[reserved]
+    return None
 
 
 async def serve_invocations(state: SidecarState, channel: AppChannel, concurrency: int) -> None:
