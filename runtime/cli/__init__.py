@@ -1,4 +1,5 @@
-"""The ``omnibus`` command line: ``run``, ``init``, ``list``, ``publish``, ``dlq``, ``bench``.
+"""The ``omnibus`` command line: ``run``, ``init``, ``list``, ``publish``, ``dlq``, ``bench``,
+``invocations``.
 
 Each sub-command lives in a module of its own and is imported only when it runs, so that
 ``omnibus run`` starts without loading the broker clients.
@@ -20,6 +21,7 @@ from rich.console import Console
 from bus.errors import InvalidName, OmnibusError
 from bus.message import validate_name
 from runtime.cli.commands import add_bench, add_dlq, add_init, add_list, add_publish
+from runtime.cli.invocations import add_invocations
 from runtime.cli.state import add_state
 
 if TYPE_CHECKING:
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_publish(commands)
     add_state(commands)
     add_dlq(commands)
+    add_invocations(commands)
     add_bench(commands)
     return parser
 
