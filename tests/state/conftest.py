@@ -7,10 +7,11 @@ unique and removed afterwards).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -97,17 +98,28 @@ async def drop_postgres_tables(store: PostgresStore) -> None:
         await conn.execute(f"DROP TABLE IF EXISTS {store.settings.metadata_table}")
 
 
-@pytest.fixture
-async def store_postgresql(postgres_reachable: bool) -> AsyncIterator[StateStore]:
-    """A store on tables unique to the test, dropped afterwards."""
+@pytest.fixture(scope="session")
+def postgres_tables(postgres_reachable: bool) -> Iterator[PostgresSettings]:
+    """Tables unique to this test run, shared by its tests (keys are unique per test), dropped at
+    the end of the session."""
     if not postgres_reachable:
         missing_service("PostgreSQL is not reachable on 127.0.0.1:5432")
-    async with PostgresStore("statestore", postgres_settings()) as store:
-        try:
-            yield store
-        finally:
-            await store.connect()  # a test may have closed it
+    settings = postgres_settings()
+    yield settings
+
+    async def drop() -> None:
+        store = PostgresStore("cleanup", settings)
+        async with store:
             await drop_postgres_tables(store)
+
+    asyncio.run(drop())
+
+
+@pytest.fixture
+async def store_postgresql(postgres_tables: PostgresSettings) -> AsyncIterator[StateStore]:
+    """A store on this run's tables."""
+    async with PostgresStore("statestore", postgres_tables) as store:
+        yield store
 
 
 @pytest.fixture(params=[pytest.param(s, marks=_MARKS.get(s, []), id=s) for s in _PRESENT])
