@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -73,3 +75,21 @@ async def test_purge_deletes_expired_rows_once_per_interval(store: PostgresStore
     assert await store.purge_expired() is True
     assert await store.purge_expired() is False
     assert await store.pool.fetchval(f"SELECT count(*) FROM {table}") == 0
+
+
+async def test_the_periodic_purge_removes_expired_rows(postgres_reachable: bool) -> None:
+    if not postgres_reachable:
+        missing_service("PostgreSQL is not reachable on 127.0.0.1:5432")
+    async with PostgresStore("s", postgres_settings(cleanup_interval=0.2)) as store:
+        try:
+            table = store.settings.state_table
+            await store.pool.execute(
+                f"INSERT INTO {table} (key, value, expires_at) "
+                "VALUES ('a||old', '\\x31', now() - interval '1 second')"
+            )
+            deadline = time.monotonic() + 5
+            while await store.pool.fetchval(f"SELECT count(*) FROM {table}"):
+                assert time.monotonic() < deadline, "expired row not purged"
+                await asyncio.sleep(0.05)
+        finally:
+            await drop_postgres_tables(store)

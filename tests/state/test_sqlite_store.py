@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -130,3 +132,23 @@ async def test_an_in_memory_database_works() -> None:
     async with SqliteStore("s", SqliteSettings(connection_string=":memory:")) as store:
         await store.set(SetRequest("k", b"1"))
         assert await store.get("k") is not None
+
+
+async def test_the_periodic_purge_removes_expired_rows(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    settings = SqliteSettings(connection_string=str(path), cleanup_interval=0.2)
+    async with SqliteStore("s", settings):
+        with sqlite3.connect(path) as conn:
+            conn.execute(
+                "INSERT INTO state (key, value, is_binary, etag, expiration_time) "
+                "VALUES ('k', '1', 0, 'e', DATETIME(CURRENT_TIMESTAMP, '-1 seconds'))"
+            )
+        deadline = time.monotonic() + 5
+        while _count(path) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert _count(path) == 0
+
+
+def _count(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT count(*) FROM state").fetchone()[0])
