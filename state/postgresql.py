@@ -21,7 +21,8 @@ check their etag or first-write condition in the same statement that writes; a t
 its statements in one database transaction.  Queries (which Dapr's v2 store lacks) read the
 values as jsonb through the function ``omnibus_jsonb(bytea)``, created next to the tables.
 ``tableName`` (an omnibus extension) names the state table outright instead of
-``<tablePrefix>state``.
+``<tablePrefix>state``.  A first-write save of an existing key is an ETagMismatch, as on every
+store here (Dapr v2 reports a generic error).
 """
 
 from __future__ import annotations

@@ -14,6 +14,12 @@ etag in order against the versions read, and writes in MULTI/EXEC, retrying if a
 between: all or nothing, unlike Dapr's MULTI of scripts, which cannot roll back.  Bulk gets are one
 pipeline of HGETALL + PEXPIRETIME.  A plain string key (written by very old Dapr versions) reads
 with no etag and is replaced by the next save.
+
+Where the contract of :mod:`state.store` and Dapr's scripts disagree, the contract wins (all
+stores behave alike): an etag is checked whenever one is given (Dapr ignores it under an explicit
+last-write); first-write without an etag refuses any existing key, and the ``first-write`` field
+does not block later saves without etag (Dapr refuses those once the field is set); a delete with
+an etag of a missing key is an ETagMismatch (Dapr reports success).
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ Rows past their expiration_time are invisible at once and deleted by a purge eve
 the file purged within the interval.  Times carry milliseconds (Dapr writes whole seconds; both
 compare correctly as text).  All sqlite3 calls of a store run on one worker thread of its own;
 writes of a transaction run inside ``BEGIN IMMEDIATE``.
+
+Beyond Dapr: the purge is on by default (Dapr's default interval is 0, off), and the query API
+(:mod:`state._sqlite_query`) runs over SQLite's JSON functions.
 """
 
 from __future__ import annotations
