@@ -19,6 +19,8 @@ What happens with the app's answer:
   backoff (the app's Resiliency ``targets.apps.<id>`` retry policy, else the bus default: 10
   attempts, exponential from 0.5 s).  After the last attempt the bus publishes an error reply and
   dead-letters the request to ``<async topic>.deadletter`` (``omnibus dlq list --topic ...``).
+  Replaying a dead letter (``omnibus dlq replay``) runs the invocation again, but the caller's
+  record keeps its failure: a late result is discarded.
   The error reply of a 5xx carries the app's last response (status, headers and at most
   :data:`MAX_FAILED_BODY` bytes of its body) as JSON, so the caller can record it.
 - A ``Retry-After`` (seconds or an HTTP date) on a 5xx is a lower bound of the next wait: the
@@ -190,7 +192,7 @@ class AsyncServer:
         if not caller:
             return False
         try:
-            record = await self.results.get(caller, invocation)
+            record = await self.results.get(caller, invocation, attempts=False)
         except Exception:
             log.warning("cannot read invocation %s; running it", invocation, exc_info=True)
             return False

@@ -230,13 +230,16 @@ class Results:
                     return existing, False
         raise ResultConflict(f"invocation {record.id} could not be created")
 
-    async def get(self, caller: str, invocation: str) -> InvocationRecord | None:
-        """The record of ``caller``'s invocation, with the attempts failed so far if pending."""
+    async def get(
+        self, caller: str, invocation: str, *, attempts: bool = True
+    ) -> InvocationRecord | None:
+        """The record of ``caller``'s invocation; while pending, with the attempts failed so far
+        (one more read, skipped with ``attempts=False``)."""
         stored = await self.store.get(RECORD_PREFIX + f"{caller}||{invocation}")
         if stored is None:
             return None
         record = InvocationRecord.decode(stored.value)
-        if record.status is Status.PENDING:
+        if attempts and record.status is Status.PENDING:
             record = replace(record, attempts=max(record.attempts, await self.attempts(record.id)))
         return record
 

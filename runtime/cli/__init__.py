@@ -22,6 +22,7 @@ from bus.errors import InvalidName, OmnibusError
 from bus.message import validate_name
 from runtime.cli.commands import add_bench, add_dlq, add_init, add_list, add_publish
 from runtime.cli.invocations import add_invocations
+from runtime.cli.invoke import add_invoke
 from runtime.cli.state import add_state
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_init(commands)
     add_list(commands)
     add_publish(commands)
+    add_invoke(commands)
     add_state(commands)
     add_dlq(commands)
     add_invocations(commands)

@@ -11,6 +11,7 @@ import pytest
 
 from bus.envelope import Headers
 from bus.memory import MemoryBroker, MemoryHub
+from bus.message import Message
 from bus.options import RetryPolicy
 from invoke.async_client import AsyncClient, Submission, results_topic
 from invoke.async_server import AsyncPolicy, AsyncServer, retry_after
@@ -167,6 +168,24 @@ async def test_after_its_attempts_it_fails_with_the_last_response_and_is_dead_le
     assert len(app.calls) == QUICK.max_attempts
     dead = await world.broker.browse(async_topic("callee") + ".deadletter")
     assert [m.id for m in dead] == [iid]
+
+
+async def test_a_request_answered_before_is_answered_from_the_record(world: World) -> None:
+    app = ScriptedApp()
+    await world.serve(app)
+    iid = await world.submit()
+    await world.finished(iid)
+    # The same request once more (a redelivery after a crash, a replay): the app is not called.
+    call = Call("callee", "orders/1", "POST", "", Headers(), b"", "caller", invocation_id=iid)
+    await world.broker.submit(
+        async_topic("callee"),
+        Message(call.to_envelope().encode(), id=iid),
+        reply_to=results_topic("caller"),
+        idempotency_key=iid,
+    )
+    await eventually(lambda: drained(world.broker, async_topic("callee")))
+    await eventually(lambda: drained(world.broker, results_topic("caller")))
+    assert len(app.calls) == 1
 
 
 async def test_an_unreachable_app_fails_with_dapr_error_body(world: World) -> None:
