@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import orjson
 
 from bus.envelope import Headers
 from bus.errors import OmnibusError
+from runtime.config import HealthCheck
 from runtime.http1 import Http1Client, HttpFailure
 
 log = logging.getLogger("omnibus.runtime")
@@ -214,3 +215,55 @@ class AppChannel:
                 delay = min(delay * 2, 1.0)
         log.error("GET %s failed (%s); no programmatic subscriptions", SUBSCRIBE_PATH, problem)
         return None
+
+
+class AppHealth:
+    """Probes the app's health and reports every change (the first probe's result included).
+
+    Probes go over a connection of their own, so a busy channel (``--app-max-concurrency``
+    calls in the app) does not make a healthy app look unhealthy.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        check: HealthCheck,
+        on_change: Callable[[bool], Awaitable[None]],
+    ) -> None:
+        self._client = Http1Client(address, port)
+        self._check = check
+        self._on_change = on_change
+        self.healthy: bool | None = None  # None until the first probe
+
+    async def run(self) -> None:
+        """Probe until cancelled."""
+        failures = 0
+        try:
+            while True:
+                if await self._probe():
+                    failures = 0
+                    if self.healthy is not True:
+                        log.info("the app is healthy")
+                        await self._set(True)
+                else:
+                    failures += 1
+                    first = self.healthy is None
+                    if self.healthy is not False and (first or failures >= self._check.threshold):
+                        log.warning("the app is unhealthy (%s failed)", self._check.path)
+                        await self._set(False)
+                await asyncio.sleep(self._check.interval)
+        finally:
+            await self._client.close()
+
+    async def _set(self, healthy: bool) -> None:
+        self.healthy = healthy
+        await self._on_change(healthy)
+
+    async def _probe(self) -> bool:
+        try:
+            async with asyncio.timeout(self._check.timeout):
+                status, _ = await self._client.request("GET", self._check.path)
+        except (HttpFailure, TimeoutError):
+            return False
+        return 200 <= status < 300

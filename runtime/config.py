@@ -4,7 +4,15 @@
 [--resources-path DIR]... [--app-max-concurrency -1] [--max-body-size 4Mi]
 [--dapr-listen-addresses 127.0.0.1] [--app-channel-address 127.0.0.1]
 [--app-health-check-path PATH] [--drain-timeout 5s | --dapr-graceful-shutdown-seconds 5]
-[--log-level info]``.
+[--enable-app-health-check [--app-health-probe-interval 5] [--app-health-probe-timeout 500]
+[--app-health-threshold 3]] [--log-level info]``.
+
+``--app-health-check-path`` alone makes start-up wait until the path answers 2xx.  With
+``--enable-app-health-check`` the sidecar keeps probing it (default ``/healthz``) as Dapr does:
+every ``--app-health-probe-interval`` seconds, each probe bounded by
+``--app-health-probe-timeout`` milliseconds (both also accept durations like ``5s``, ``500ms``);
+after ``--app-health-threshold`` failures in a row the app is unhealthy and no messages are
+pulled for it (they stay in the broker) until a probe succeeds again.
 
 ``--app-max-concurrency`` is -1 (unbounded) by default, as in daprd; a positive value bounds the
 calls in the app at once (the app channel's connection pool).  ``--drain-timeout`` bounds how long
@@ -60,6 +68,25 @@ def parse_size(value: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Dapr's app health check: GET ``path`` every ``interval``; ``threshold`` failures in a row
+    (an answer outside 2xx, or none within ``timeout``) make the app unhealthy."""
+
+    path: str = "/healthz"
+    interval: float = 5.0
+    timeout: float = 0.5
+    threshold: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ConfigError("--app-health-check-path: expected a path starting with '/'")
+        if self.interval <= 0 or self.timeout <= 0:
+            raise ConfigError("app health probe interval and timeout must be positive")
+        if self.threshold < 1:
+            raise ConfigError("--app-health-threshold: expected a positive number")
+
+
+@dataclass(frozen=True, slots=True)
 class SidecarConfig:
     """Everything one sidecar process needs to know, parsed at the edge."""
 
@@ -72,6 +99,7 @@ class SidecarConfig:
     app_max_concurrency: int = -1  # -1: unbounded, as daprd; else the bound on calls into the app
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     app_health_check_path: str | None = None
+    app_health: HealthCheck | None = None  # --enable-app-health-check
     drain_timeout: float = 5.0
     log_level: str = "info"
     bus: str | None = None  # the pubsub that carries state and invocation (runtime.system_bus)
@@ -107,6 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-size", default="4Mi")
     parser.add_argument("--app-channel-address", default="127.0.0.1")
     parser.add_argument("--app-health-check-path", default=None)
+    parser.add_argument("--enable-app-health-check", action="store_true")
+    parser.add_argument("--app-health-probe-interval", default="5")
+    parser.add_argument("--app-health-probe-timeout", default="500")
+    parser.add_argument("--app-health-threshold", type=int, default=3)
     parser.add_argument("--drain-timeout", default="5s")
     # daprd's name for the same bound, in seconds; wins over --drain-timeout when given
     parser.add_argument("--dapr-graceful-shutdown-seconds", type=float, default=None)
@@ -131,6 +163,7 @@ def parse_args(argv: Sequence[str]) -> SidecarConfig:
         if args.dapr_graceful_shutdown_seconds < 0:
             raise ConfigError("--dapr-graceful-shutdown-seconds must not be negative")
         drain = args.dapr_graceful_shutdown_seconds
+    health = _health_check(args) if args.enable_app_health_check else None
     return SidecarConfig(
         app_id=args.app_id,
         app_port=args.app_port,
@@ -141,9 +174,31 @@ def parse_args(argv: Sequence[str]) -> SidecarConfig:
         app_max_concurrency=args.app_max_concurrency,
         max_body_size=parse_size(args.max_body_size),
         app_health_check_path=args.app_health_check_path,
+        app_health=health,
         drain_timeout=drain,
         log_level="warning" if args.log_level == "warn" else args.log_level,
         bus=args.bus or None,
         invocation_results_ttl=results_ttl,
         invocation_store=args.invocation_store or None,
     )
+
+
+def _health_check(args: argparse.Namespace) -> HealthCheck:
+    """The health check of the flags: Dapr's units (interval in s, timeout in ms) or durations."""
+    return HealthCheck(
+        path=args.app_health_check_path or "/healthz",
+        interval=_seconds(args.app_health_probe_interval, 1.0, "--app-health-probe-interval"),
+        timeout=_seconds(args.app_health_probe_timeout, 0.001, "--app-health-probe-timeout"),
+        threshold=args.app_health_threshold,
+    )
+
+
+def _seconds(value: str, unit: float, flag: str) -> float:
+    try:
+        return float(value) * unit
+    except ValueError:
+        pass
+    try:
+        return parse_duration(value, what=flag)
+    except InvalidArgument as exc:
+        raise ConfigError(str(exc)) from exc

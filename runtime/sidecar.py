@@ -30,7 +30,6 @@ from collections.abc import Generator, Mapping, Sequence
 
 import uvicorn
 
-from bus.broker import Subscription
 from bus.errors import ConfigError, OmnibusError
 from bus.presence import Presence
 from components.loader import load_resources, parse_programmatic
@@ -43,13 +42,14 @@ from runtime.async_invocations import (
     start_invocations,
     stop_async_invocations,
 )
-from runtime.channel import AppChannel
+from runtime.channel import AppChannel, AppHealth
 from runtime.config import SidecarConfig, parse_args
 from runtime.environment import Environment, read_environment
+from runtime.intake import APP_UNHEALTHY, Intake
 from runtime.pubsubs import PubSubComponent, PubSubs
 from runtime.scopes import TopicScopes
 from runtime.states import start_states, stop_states
-from runtime.subscriptions import open_subscriptions, unique_subscriptions
+from runtime.subscriptions import unique_subscriptions
 from runtime.system_bus import SystemBus, choose_system_bus
 
 log = logging.getLogger("omnibus.runtime")
@@ -110,7 +110,8 @@ class Sidecar:
         self.state.bus = self.system_bus.broker
         self.state.invoker = invoke_api.build_invoker(self.state, resources)
         self.channel: AppChannel | None = None
-        self.subscriptions: list[Subscription] = []
+        self.intake: Intake | None = None  # the subscriptions, once the app is up
+        self._health: asyncio.Task[None] | None = None  # --enable-app-health-check
         app = build_app(self.state, api_token=env.api_token, max_body_size=config.max_body_size)
         self.server = _Server(
             uvicorn.Config(
@@ -195,13 +196,12 @@ class Sidecar:
             home=self.env.home,
             namespace=self.env.namespace,
         )
-        # async invocation: submissions and results before outbound-ready, the callee side
-        # once the app is up
+        await self.pubsubs.connect()
+        await self._announce()
+        # async invocation: submissions and results now, the callee side once the app is up
         self.state.invocations = await start_invocations(
             self.system_bus.broker, self.config, self.resources, self.env.home
         )
-        await self.pubsubs.connect()
-        await self._announce()
         log.info("components connected: %s", ", ".join(c.name for c in self.pubsubs) or "none")
         if self.config.app_port is None:
             if self.resources.subscriptions:
@@ -224,11 +224,26 @@ class Sidecar:
             [*self.resources.subscriptions, *await self._programmatic(self.channel)]
         )
         self.state.subscriptions.extend(specs)
-        self.subscriptions = await open_subscriptions(
-            specs, self.pubsubs, self.channel, self.config.app_id
-        )
+        await self._open_intake(self.channel, specs)
         self.state.app_ready = True
         log.info("app channel ready on port %d", self.config.app_port)
+
+    async def _open_intake(self, channel: AppChannel, specs: Sequence[SubscriptionSpec]) -> None:
+        """Open the subscriptions; with app health checks, held until the app is healthy."""
+        self.intake = Intake(self.pubsubs, channel, self.config.app_id, self.resources.resiliencies)
+        check = self.config.app_health
+        if check is None or self.config.app_port is None:
+            await self.intake.open(specs)
+            return
+        await self.intake.hold(APP_UNHEALTHY)
+        await self.intake.open(specs)
+        address, port = self.config.app_channel_address, self.config.app_port
+        health = AppHealth(address, port, check, self._app_health)
+        self._health = asyncio.create_task(health.run(), name="app-health")
+
+    async def _app_health(self, healthy: bool) -> None:
+        if self.intake is not None:
+            await (self.intake.release if healthy else self.intake.hold)(APP_UNHEALTHY)
 
     async def _programmatic(self, channel: AppChannel) -> tuple[SubscriptionSpec, ...]:
         payload = await channel.programmatic_subscriptions()
@@ -262,13 +277,11 @@ class Sidecar:
             await serving
         self.state.api_ready = False
         await self.pubsubs.drain_publishes()
-        # Concurrently: each drains within the broker's bound, so the whole stop does too.
-        results = await asyncio.gather(
-            *(subscription.stop() for subscription in self.subscriptions), return_exceptions=True
-        )
-        for subscription, result in zip(self.subscriptions, results, strict=True):
-            if isinstance(result, Exception):
-                log.error("stopping the subscription to %s failed: %r", subscription.topic, result)
+        if self._health is not None:
+            self._health.cancel()
+            await asyncio.wait([self._health])
+        if self.intake is not None:  # concurrently: each drains within its broker's bound
+            await self.intake.close()
         await invoke_api.stop_invocations(self.state)
         await stop_async_invocations(self.state)
         if self.channel is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bus.errors import ConfigError
-from runtime.config import DEFAULT_MAX_BODY_SIZE, parse_args, parse_size
+from runtime.config import DEFAULT_MAX_BODY_SIZE, HealthCheck, parse_args, parse_size
 
 
 def test_defaults_follow_daprd() -> None:
@@ -64,3 +64,36 @@ def test_sizes(value: str, size: int) -> None:
 def test_bad_values_are_config_errors(argv: list[str], problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
         parse_args(argv)
+
+
+def test_app_health_check_flags_as_daprd() -> None:
+    assert parse_args(["--app-id", "a"]).app_health is None
+    assert parse_args(["--app-id", "a", "--enable-app-health-check"]).app_health == HealthCheck(
+        path="/healthz", interval=5.0, timeout=0.5, threshold=3
+    )
+    config = parse_args(
+        [
+            "--app-id", "a", "--enable-app-health-check", "--app-health-check-path", "/up",
+            "--app-health-probe-interval", "2", "--app-health-probe-timeout", "250",
+            "--app-health-threshold", "5",
+        ]
+    )  # fmt: skip
+    assert config.app_health == HealthCheck(path="/up", interval=2.0, timeout=0.25, threshold=5)
+    durations = ["--app-health-probe-interval", "1s", "--app-health-probe-timeout", "2s"]
+    config = parse_args(["--app-id", "a", "--enable-app-health-check", *durations])
+    assert config.app_health is not None
+    assert (config.app_health.interval, config.app_health.timeout) == (1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--app-health-threshold", "0"],
+        ["--app-health-probe-interval", "soon"],
+        ["--app-health-probe-timeout", "0"],
+        ["--app-health-check-path", "healthz"],
+    ],
+)
+def test_bad_app_health_flags(flags: list[str]) -> None:
+    with pytest.raises(ConfigError):
+        parse_args(["--app-id", "a", "--enable-app-health-check", *flags])
