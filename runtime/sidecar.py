@@ -196,12 +196,13 @@ class Sidecar:
             home=self.env.home,
             namespace=self.env.namespace,
         )
-        await self.pubsubs.connect()
-        await self._announce()
-        # async invocation: submissions and results now, the callee side once the app is up
+        # async invocation: submissions and results before outbound-ready, the callee side
+        # once the app is up
         self.state.invocations = await start_invocations(
             self.system_bus.broker, self.config, self.resources, self.env.home
         )
+        await self.pubsubs.connect()
+        await self._announce()
         log.info("components connected: %s", ", ".join(c.name for c in self.pubsubs) or "none")
         if self.config.app_port is None:
             if self.resources.subscriptions:
