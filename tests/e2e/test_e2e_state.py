@@ -7,13 +7,14 @@ sidecar that serves it, which refuses apps the component's ``scopes`` exclude.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.e2e.conftest import Cluster, Sidecar, component
+from tests.e2e.conftest import Cluster, Sidecar, component, wait_until
 
 
 def _statestore(cluster: Cluster, tmp_path: Path, scopes: tuple[str, ...] = ()) -> Path:
@@ -122,3 +123,61 @@ def test_the_state_cli_goes_through_a_running_sidecar(
     assert main(["state", "get", "order-1", *port]) == 1
     assert main(["state", "get", "k", "--store", "nostore", *port]) == 1
     assert "ERR_STATE_STORE_NOT_FOUND" in capsys.readouterr().err
+
+
+def test_the_change_feed_reports_every_change_across_a_sigkill_of_the_writer(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    topic = cluster.topic("changes")
+    bus = component("pubsub", "pubsub.sqlite", {"connectionString": str(tmp_path / "bus.db")})
+    feed = {"changeFeedPubsub": "pubsub", "changeFeedTopic": topic}
+    store = component(
+        "statestore", "state.sqlite", {"connectionString": str(tmp_path / "s.db"), **feed}
+    )
+    app = cluster.app([{"pubsubname": "pubsub", "topic": topic, "route": "/changes"}])
+    cluster.sidecar(cluster.app_id("watcher"), cluster.resources(bus), app=app)
+    resources = cluster.resources(bus, store)
+    writer_id = cluster.app_id("writer")
+    writer = cluster.sidecar(writer_id, resources)
+
+    # Given a client saving keys one after another, retrying each until it is acknowledged,
+    acked: list[str] = []
+    done = threading.Event()
+
+    def write() -> None:
+        for i in range(200):
+            while True:
+                try:
+                    reply = requests.post(
+                        writer.url("/v1.0/state/statestore"),
+                        json=[{"key": f"k{i}", "value": {"n": i}}],
+                        timeout=5,
+                    )
+                    if reply.status_code == 204:
+                        acked.append(f"k{i}")
+                        break
+                except requests.RequestException:
+                    pass
+                time.sleep(0.05)  # the writer is down: poll until it is back
+        done.set()
+
+    client = threading.Thread(target=write, daemon=True)
+    client.start()
+    # When the writer is killed -9 in the middle of the stream and started again on its port,
+    wait_until(lambda: len(acked) >= 10, timeout=30, what="ten acknowledged saves")
+    writer.kill()
+    assert not done.is_set(), "the kill came after the stream had ended"
+    cluster.sidecar(writer_id, resources, port=writer.port)
+    assert done.wait(60), "the client could not finish its saves"
+
+    # Then every acknowledged change has reached the watcher at least once, as an upsert.
+    def missing() -> set[str]:
+        seen = {
+            body["data"]["key"]
+            for body in app.bodies("/changes")
+            if body["type"] == "com.omnibus.state.changed" and body["data"]["operation"] == "upsert"
+        }
+        return set(acked) - seen
+
+    wait_until(lambda: not missing(), timeout=60, what="an event for every acknowledged save")
+    assert len(acked) == 200
