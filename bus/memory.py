@@ -25,9 +25,12 @@ from dataclasses import dataclass, field, replace
 from bus.broker import BaseBroker
 from bus.delivery import Source
 from bus.errors import BrokerClosed
-from bus.message import Message
+from bus.message import STORED_MS, Message, stored_age
 from bus.options import SubscriptionOptions
 from bus.presence import HEARTBEAT_TTL, Presence
+from bus.rpc import MODE_KEY, RequestMode
+
+_CALL = RequestMode.CALL.value
 
 
 @dataclass(slots=True)
@@ -72,7 +75,11 @@ class MemoryHub:
     def append(self, name: str, batch: Sequence[Message]) -> None:
         topic = self.topic(name)
         for message in batch:
-            topic.log.append((topic.next_seq, replace(message, topic=name, attempt=1)))
+            stored = replace(message, topic=name, attempt=1)
+            if message.metadata.get(MODE_KEY) == _CALL:  # so a server can tell its wait
+                metadata = {**message.metadata, STORED_MS: str(int(time.time() * 1000))}
+                stored = replace(stored, metadata=metadata)
+            topic.log.append((topic.next_seq, stored))
             topic.next_seq += 1
         for group in topic.groups.values():
             group.changed.set()
@@ -213,6 +220,10 @@ class MemoryBroker(BaseBroker):
         deliver = self.hub.inboxes.get(address)
         if deliver is not None:  # an inbox that is gone has nobody waiting: like a lost reply
             asyncio.get_running_loop().call_soon(deliver, reply)
+
+    def _call_age(self, request: Message) -> float | None:
+        """How long the call waited on the hub."""
+        return stored_age(request)
 
     async def _browse(self, topic: str, limit: int) -> list[Message]:
         state = self.hub.topics.get(topic)

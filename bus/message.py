@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,23 @@ def validate_name(name: object, what: str = "name") -> str:
 def new_id() -> str:
     """A fresh, unique message id."""
     return uuid.uuid4().hex
+
+
+# Metadata a backend adds to a call it hands to a server: when the broker stored it, in unix ms
+# on the broker's clock, so the server can tell how long the call waited (see stored_age).
+STORED_MS = "omnibus-stored-ms"
+
+
+def stored_age(message: Message, clock_offset_ms: float = 0.0) -> float | None:
+    """Seconds since the broker stored ``message`` (its clock = ours + ``clock_offset_ms``)."""
+    stored = message.metadata.get(STORED_MS)
+    if stored is None:
+        return None
+    try:
+        since = time.time() * 1000 + clock_offset_ms - int(stored)
+    except ValueError:
+        return None
+    return max(0.0, since / 1000)
 
 
 class Outcome(enum.Enum):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -13,8 +14,9 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 
 from bus.errors import BrokerClosed
-from bus.message import Message
+from bus.message import STORED_MS, Message
 from bus.rabbitmq._wire import CLOSE_TIMEOUT, decode, retry_rung
+from bus.rpc import MODE_KEY, RequestMode
 
 
 class QueueHost(Protocol):
@@ -33,6 +35,15 @@ log = logging.getLogger("omnibus.bus.rabbitmq")
 # frame for many (a crash in between only means redeliveries, which at-least-once allows).
 ACK_BATCH = 50
 ACK_LINGER = 0.005
+
+
+_CALL = RequestMode.CALL.value
+
+
+def with_stored(message: Message, when: float) -> Message:
+    """``message`` marked as stored at ``when`` (unix seconds, this machine's clock)."""
+    metadata = {**message.metadata, STORED_MS: str(int(when * 1000))}
+    return replace(message, metadata=metadata)
 
 
 @dataclass(slots=True)
@@ -57,6 +68,7 @@ class RabbitSource:
         self._queue = queue
         self._channel = channel
         self._buffer: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+        self._arrived: dict[AbstractIncomingMessage, float] = {}  # buffered calls: arrival time
         # delivery tags handed to handlers and not settled yet, per AMQP channel, in tag order
         self._unsettled: dict[aiormq.abc.AbstractChannel, dict[int, None]] = {}
         self._to_ack: dict[aiormq.abc.AbstractChannel, list[int]] = {}
@@ -72,6 +84,8 @@ class RabbitSource:
     def _on_message(self, raw: AbstractIncomingMessage) -> None:
         # a plain function: aio-pika then calls it without a task of its own per message
         self._buffer.put_nowait(raw)
+        if raw.reply_to is not None:  # maybe a call: note when it arrived (see fetch)
+            self._arrived[raw] = time.time()
 
     async def fetch(self, limit: int) -> Sequence[RabbitDelivery]:
         raw = await self._buffer.get()
@@ -85,11 +99,17 @@ class RabbitSource:
                 if out:
                     break
                 raise BrokerClosed("subscription closed")
+            arrived = self._arrived.pop(item, None)
             if item.channel.is_closed:  # delivered on a channel lost since; redelivered anyway
                 continue
             tag = item.delivery_tag or 0
             self._unsettled.setdefault(item.channel, {})[tag] = None
-            out.append(RabbitDelivery(decode(item, self._topic), item.channel, tag))
+            message = decode(item, self._topic)
+            if arrived is not None and message.metadata.get(MODE_KEY) == _CALL:
+                # RabbitMQ drops a call that expires in the queue; the time it then waited in
+                # this process's prefetch buffer counts against its time-to-live too.
+                message = with_stored(message, arrived)
+            out.append(RabbitDelivery(message, item.channel, tag))
         return out
 
     async def ack(self, deliveries: Sequence[RabbitDelivery]) -> None:

@@ -89,9 +89,12 @@ def decode(raw: AbstractIncomingMessage, topic: str, *, count_redelivery: bool =
 
 
 def properties(
-    message: Message, reply_to: str | None, settings: RabbitSettings
+    message: Message, reply_to: str | None, settings: RabbitSettings, ttl: float | None = None
 ) -> spec.Basic.Properties:
-    """The AMQP properties of ``message``: id, metadata as headers, attempt, expiration."""
+    """The AMQP properties of ``message``: id, metadata as headers, attempt, expiration.
+
+    With ``ttl`` (a call's time-to-live, seconds) the message is transient and expires then.
+    """
     # a first attempt needs no header (absent means 1): less to encode on the hot path
     metadata = message.metadata
     headers: dict[str, Any] | None = dict(metadata) if metadata else None
@@ -99,12 +102,14 @@ def properties(
         headers = headers or {}
         headers[ATTEMPT_HEADER] = message.attempt
     return spec.Basic.Properties(
-        delivery_mode=settings.delivery_mode or 1,
+        delivery_mode=1 if ttl is not None else settings.delivery_mode or 1,
         message_id=message.id,
         headers=headers,
         correlation_id=message.correlation_id,
         reply_to=reply_to,
-        expiration=expiration(metadata, settings),
+        expiration=str(max(1, int(ttl * 1000)))
+        if ttl is not None
+        else expiration(metadata, settings),
     )
 
 
@@ -130,8 +135,12 @@ async def send(
     settings: RabbitSettings,
     *,
     mandatory: bool,
+    ttl: float | None = None,
 ) -> None:
-    """Publish ``batch`` at once and wait for every confirm; raise if any is missing."""
+    """Publish ``batch`` at once and wait for every confirm; raise if any is missing.
+
+    ``ttl`` makes the messages transient calls that expire after that many seconds.
+    """
     try:
         async with asyncio.timeout(PUBLISH_TIMEOUT):
             underlay = await channel.get_underlay_channel()
@@ -141,7 +150,7 @@ async def send(
                         m.data,
                         exchange=exchange,
                         routing_key=routing_key,
-                        properties=properties(m, m.reply_to, settings),
+                        properties=properties(m, m.reply_to, settings, ttl),
                         mandatory=mandatory,
                     )
                     for m in batch

@@ -23,7 +23,7 @@ from aio_pika.abc import (
 from bus.broker import BaseBroker
 from bus.delivery import Source
 from bus.errors import BrokerClosed, BrokerUnavailable
-from bus.message import Message
+from bus.message import Message, stored_age
 from bus.options import SubscriptionOptions
 from bus.presence import Presence
 from bus.rabbitmq._presence import PresenceBoard
@@ -265,10 +265,28 @@ class RabbitBroker(BaseBroker):
             deliver(decode(raw, ""))
 
         await queue.consume(on_reply, no_ack=True)
+        channel.close_callbacks.add(self._inbox_closed)
         self._inbox_channel = channel
         # Requests carry this address as reply_to; _publish sends them on the inbox channel,
         # which is what direct reply-to requires, and RabbitMQ rewrites it per channel.
         return REPLY_TO
+
+    def _inbox_closed(self, channel: object, exc: BaseException | None) -> None:
+        # A direct reply-to address belongs to its channel: replies to requests sent before the
+        # channel closed can never arrive, even once aio-pika has reopened it.
+        self._inbox_lost(f"the RabbitMQ reply channel closed: {exc or 'by the broker'}")
+
+    def _call_age(self, request: Message) -> float | None:
+        """How long the call waited in this process since RabbitMQ delivered it."""
+        return stored_age(request)
+
+    async def _publish_call(self, topic: str, request: Message, ttl: float) -> None:
+        # A call is worthless once its caller gave up: transient, and RabbitMQ drops it itself
+        # when it waited longer than its time-to-live (per-message expiration).
+        await self._ensure_topic(topic)
+        channel = self._inbox_channel or self._chan()
+        routing_key = request.metadata.get("routingKey", "")
+        await send(channel, topic, routing_key, [request], self.settings, mandatory=False, ttl=ttl)
 
     async def _send_reply(self, address: str, reply: Message) -> None:
         # A requester that is gone (or reconnected since) gets nothing: like a lost reply.

@@ -16,7 +16,8 @@ from redis.asyncio.connection import Connection, SSLConnection
 
 from bus.backoff import Backoff
 from bus.errors import BrokerError, BrokerUnavailable
-from bus.message import Message
+from bus.message import STORED_MS, Message
+from bus.rpc import MODE_KEY, RequestMode
 
 log = logging.getLogger("omnibus.bus.redis")
 
@@ -63,6 +64,9 @@ def encode(message: Message) -> tuple[bytes, bytes]:
     return message.data, orjson.dumps(meta)
 
 
+_CALL = RequestMode.CALL.value
+
+
 def decode(topic: str, entry_id: bytes, fields: Mapping[bytes, bytes], attempt: int) -> Message:
     """The message of a stream entry, ours or Dapr's (``data`` only)."""
     raw = fields.get(b"metadata")
@@ -79,6 +83,8 @@ def decode(topic: str, entry_id: bytes, fields: Mapping[bytes, bytes], attempt: 
     correlation_id = meta.pop(META_CORRELATION, None)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         meta = {str(k): v if isinstance(v, str) else str(v) for k, v in meta.items()}
+    if meta.get(MODE_KEY) == _CALL:  # the entry id's milliseconds: stored then, on Redis' clock
+        meta[STORED_MS] = entry_id.partition(b"-")[0].decode()
     return Message(
         data=fields.get(b"data", b""),
         metadata=MappingProxyType(meta),  # checked above: str to str, no second pass

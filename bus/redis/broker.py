@@ -23,7 +23,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from bus.broker import BaseBroker
 from bus.delivery import Source
 from bus.errors import BrokerClosed
-from bus.message import Message
+from bus.message import Message, stored_age
 from bus.options import SubscriptionOptions
 from bus.presence import HEARTBEAT_TTL, Presence
 from bus.redis._pipeline import Pipeliner
@@ -64,6 +64,7 @@ class RedisBroker(BaseBroker):
         self._pipeliner: Pipeliner | None = None
         self._scripts: Scripts | None = None
         self._pubsub: PubSub | None = None
+        self._clock_offset_ms = 0.0  # Redis' clock minus ours, see _sync_clock
         self._inbox_task: asyncio.Task[None] | None = None
 
     @property
@@ -110,6 +111,18 @@ class RedisBroker(BaseBroker):
         self._client = client
         self._pipeliner = Pipeliner(client, s.read_timeout + s.write_timeout)
         self._scripts = Scripts(client)
+        await self._sync_clock()
+
+    async def _sync_clock(self) -> None:
+        """Estimate Redis' clock minus ours (ms) from one TIME, halving its round trip."""
+        before = time.time()
+        seconds, micros = await self.client.time()
+        after = time.time()
+        self._clock_offset_ms = seconds * 1000 + micros / 1000 - (before + after) * 500
+
+    def _call_age(self, request: Message) -> float | None:
+        """How long the call waited since Redis stored it, on Redis' clock (seconds)."""
+        return stored_age(request, self._clock_offset_ms)
 
     async def _disconnect(self) -> None:
         if self._inbox_task is not None:
@@ -225,6 +238,7 @@ class RedisBroker(BaseBroker):
             ]
         commands.append(("ZREMRANGEBYSCORE", "omnibus:presence:names", "-inf", now - keep))
         await self._send(commands)
+        await self._sync_clock()  # clocks drift: re-estimate with every heartbeat
 
     async def _remove_presence(self, entry: Presence) -> None:
         beats, infos = _presence_keys(entry.name)

@@ -15,7 +15,10 @@ from typing import Any
 import orjson
 
 from bus.errors import ConfigError
-from bus.message import Message
+from bus.message import STORED_MS, Message
+from bus.rpc import MODE_KEY, RequestMode
+
+_CALL = RequestMode.CALL.value
 
 SCHEMA_VERSION = 1
 
@@ -89,11 +92,18 @@ def encode_metadata(metadata: Mapping[str, str]) -> bytes | None:
 
 
 def row_message(row: Sequence[Any], topic: str, attempt: int) -> Message:
-    """A Message from ``(id, data, metadata, reply_to, correlation_id)``."""
+    """A Message from ``(id, data, metadata, reply_to, correlation_id[, created])``.
+
+    A call (request mode ``call``) read with its ``created`` time carries it as
+    :data:`bus.message.STORED_MS`, so the server can tell how long the call waited in the file.
+    """
+    metadata = orjson.loads(row[2]) if row[2] else {}
+    if len(row) > 5 and metadata.get(MODE_KEY) == _CALL:
+        metadata[STORED_MS] = str(int(row[5] * 1000))
     return Message(
         id=row[0],
         data=row[1],
-        metadata=orjson.loads(row[2]) if row[2] else {},
+        metadata=metadata,
         topic=topic,
         attempt=attempt,
         reply_to=row[3],

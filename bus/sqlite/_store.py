@@ -160,7 +160,7 @@ class SqliteStore:
         with self.transaction() as db:
             due = db.execute(
                 "SELECT d.seq, d.attempt + 1, m.id, m.data, m.metadata, m.reply_to, "
-                "m.correlation_id FROM deliveries d JOIN messages m ON m.seq = d.seq "
+                "m.correlation_id, m.created FROM deliveries d JOIN messages m ON m.seq = d.seq "
                 "WHERE d.topic = ? AND d.grp = ? AND d.due <= ? ORDER BY d.seq LIMIT ?",
                 (topic, group, now, limit),
             ).fetchall()
@@ -184,7 +184,7 @@ class SqliteStore:
         self, db: sqlite3.Connection, topic: str, group: str, consumer: str, limit: int, due: float
     ) -> list[SqliteDelivery]:
         rows = db.execute(
-            "SELECT seq, id, data, metadata, reply_to, correlation_id FROM messages "
+            "SELECT seq, id, data, metadata, reply_to, correlation_id, created FROM messages "
             "WHERE topic = ? AND seq >= (SELECT cursor FROM groups WHERE topic = ? AND grp = ?) "
             "ORDER BY seq LIMIT ?",
             (topic, topic, group, limit),

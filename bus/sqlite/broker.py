@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from bus.broker import BaseBroker
 from bus.delivery import Source
 from bus.errors import BrokerClosed, BrokerError, BrokerUnavailable, PublishError
-from bus.message import Message
+from bus.message import Message, stored_age
 from bus.options import SubscriptionOptions
 from bus.presence import HEARTBEAT_TTL, Presence
 from bus.sqlite._doorbell import HELLO, Doorbell
@@ -332,6 +332,10 @@ class SqliteBroker(BaseBroker):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.settings.redeliver_interval):
                         await self._inbox_wake.wait()
+
+    def _call_age(self, request: Message) -> float | None:
+        """How long the call waited since its insert (every process shares this clock)."""
+        return stored_age(request)
 
     async def _browse(self, topic: str, limit: int) -> list[Message]:
         return await self.call(self.store.browse, topic, limit)
