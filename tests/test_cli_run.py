@@ -30,6 +30,7 @@ from runtime.cli.run import (
     exit_code,
     free_port,
 )
+from runtime.config import HealthCheck, parse_args
 
 FAKE_SIDECAR = textwrap.dedent(
     """
@@ -433,3 +434,20 @@ def test_run_rejects_bad_arguments(argv: list[str], capsys: pytest.CaptureFixtur
 
 def _flag(argv: list[str], flag: str) -> str:
     return argv[argv.index(flag) + 1]
+
+
+def test_run_passes_app_health_flags_to_the_sidecar(tmp_path: Path) -> None:
+    argv = ["run", "--app-id", "a", "--app-port", "7000", "--enable-app-health-check"]
+    argv += ["--app-health-check-path", "/up", "--app-health-probe-interval", "2"]
+    argv += ["--app-health-probe-timeout", "300", "--app-health-threshold", "4"]
+    plan = run_plan(build_parser().parse_args(argv), {"OMNIBUS_HOME": str(tmp_path)})
+    sidecar = list(plan.sidecar)
+    assert "--enable-app-health-check" in sidecar
+    assert _flag(sidecar, "--app-health-check-path") == "/up"
+    assert _flag(sidecar, "--app-health-probe-interval") == "2"
+    assert _flag(sidecar, "--app-health-probe-timeout") == "300"
+    assert _flag(sidecar, "--app-health-threshold") == "4"
+    config = parse_args(sidecar[3:])  # and the sidecar takes them
+    assert config.app_health == HealthCheck(path="/up", interval=2.0, timeout=0.3, threshold=4)
+    plain = run_plan(build_parser().parse_args(argv[:5]), {"OMNIBUS_HOME": str(tmp_path)})
+    assert not any(arg.startswith(("--app-health", "--enable")) for arg in plain.sidecar)

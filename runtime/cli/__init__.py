@@ -87,6 +87,7 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="how long the sidecar lets deliveries in progress finish when it stops "
         "(the sidecar's default: 5)",
     )
+    _add_health_flags(run)
     run.add_argument(
         "--ready-timeout",
         type=float,
@@ -101,6 +102,25 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="the app command and its arguments (optional)",
     )
     run.set_defaults(handler=_run)
+
+
+_HEALTH_FLAGS = (
+    ("--app-health-check-path", "PATH", "the path probed (default /healthz)"),
+    ("--app-health-probe-interval", "SECONDS", "time between probes (default 5)"),
+    ("--app-health-probe-timeout", "MS", "time a probe may take (default 500)"),
+    ("--app-health-threshold", "N", "failed probes in a row that make the app unhealthy (3)"),
+)
+
+
+def _add_health_flags(run: argparse.ArgumentParser) -> None:
+    health = run.add_argument_group("app health checks (daprd's flags, passed to the sidecar)")
+    health.add_argument(
+        "--enable-app-health-check",
+        action="store_true",
+        help="probe the app; while it is unhealthy no messages are pulled for it",
+    )
+    for flag, metavar, text in _HEALTH_FLAGS:
+        health.add_argument(flag, metavar=metavar, help=text)
 
 
 def _port(text: str) -> int:
@@ -155,7 +175,11 @@ def run_plan(args: argparse.Namespace, environ: dict[str, str]) -> RunPlan:
         sidecar += ["--app-port", str(app_port)]
     for path in resources_paths(args.resources_path, environ):
         sidecar += ["--resources-path", str(path)]
+    if args.enable_app_health_check:
+        sidecar.append("--enable-app-health-check")
+    health = [(flag, getattr(args, flag[2:].replace("-", "_"))) for flag, _, _ in _HEALTH_FLAGS]
     for flag, value in (
+        *health,
         ("--app-max-concurrency", args.app_max_concurrency),
         ("--max-body-size", args.max_body_size),
         ("--log-level", args.log_level),
