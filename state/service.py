@@ -29,7 +29,7 @@ from bus.errors import InvalidArgument, InvalidName, NoResponders, RemoteError
 from bus.message import Message, validate_topic
 from bus.options import SubscriptionOptions
 from bus.rpc import RequestMode
-from state.errors import BulkError, StateError
+from state.errors import BulkError, NotSupported, StateError
 from state.feed import Change, ChangeFeed
 from state.keys import KeyPrefix, KeyStrategy
 from state.store import (
@@ -113,6 +113,7 @@ class StateService:
         """Run ``request`` for app ``caller``: scopes, key prefix, store, change feed."""
         if not self.config.allows(caller):
             raise StoreNotFound(f"state store {self.name} is not found")
+        _check_features(self.store, request)
         prefix = self.config.keys.for_app(caller)
         if isinstance(request, Get):
             item = await self.store.get(prefix.storage_key(request.key))
@@ -226,6 +227,14 @@ class StateService:
         return await broker.serve(
             state_topic(self.name), self.reply, options, mode=RequestMode.CALL
         )
+
+
+def _check_features(store: StateStore, request: Request) -> None:
+    """NotSupported for a transaction or query the store does not advertise (Dapr checks first)."""
+    if isinstance(request, Transact) and Feature.TRANSACTIONAL not in store.features:
+        raise NotSupported(f"state store {store.name} doesn't support transactions")
+    if isinstance(request, Query) and Feature.QUERY_API not in store.features:
+        raise NotSupported(f"state store {store.name} doesn't support the query API")
 
 
 def _strip(item: Item, prefix: KeyPrefix) -> Item:

@@ -41,14 +41,9 @@ class _Broken(MemoryStore):
 
 
 class _Plain(MemoryStore):
-    """A store without transactions or queries."""
+    """A store without transactions or queries (the service refuses both for it)."""
 
     features = frozenset({Feature.ETAG})
-
-    async def transact(self, operations: object) -> None:
-        from state.errors import NotSupported
-
-        raise NotSupported("no transactions")
 
 
 def _service(store: MemoryStore, keys: str | None = None, scopes: Sequence[str] = ()) -> Any:
@@ -278,6 +273,14 @@ async def test_transaction_errors(sidecar: Sidecar) -> None:
     error(await sidecar.post(path, stale), 500, "ERR_STATE_TRANSACTION")
     plain = {"operations": [{"operation": "delete", "request": {"key": "k"}}]}
     reply = await sidecar.post("/v1.0/state/plain/transaction", plain)
+    error(reply, 500, "ERR_STATE_STORE_NOT_SUPPORTED")
+    # as Dapr, the store's support is checked before the body is read
+    reply = await sidecar.post("/v1.0/state/plain/transaction", b"not json")
+    error(reply, 500, "ERR_STATE_STORE_NOT_SUPPORTED")
+
+
+async def test_query_on_a_store_without_the_query_api_is_not_supported(sidecar: Sidecar) -> None:
+    reply = await sidecar.post("/v1.0-alpha1/state/plain/query", {"filter": {}})
     error(reply, 500, "ERR_STATE_STORE_NOT_SUPPORTED")
 
 

@@ -37,7 +37,15 @@ from runtime.errors import ERR_MALFORMED_REQUEST, ApiError, api_error
 from runtime.publish_api import query_metadata
 from state.errors import BulkError, ETagInvalid, ETagMismatch, NotSupported, StateError
 from state.service import StateClient
-from state.store import BulkItem, Concurrency, Consistency, DeleteRequest, Item, SetRequest
+from state.store import (
+    BulkItem,
+    Concurrency,
+    Consistency,
+    DeleteRequest,
+    Feature,
+    Item,
+    SetRequest,
+)
 from state.wire import BulkGet, Delete, Get, Query, Result, Save, StoreNotFound, Transact
 from state.wire import Request as StateRequest
 
@@ -198,17 +206,26 @@ class StateApi:
 
     async def _transaction(self, request: Request) -> Response:
         store = _store(request)
+        self._check_local(store, Feature.TRANSACTIONAL, "transactions")
         payload = _object(parse_json(await request.body()), "the body")
         operations = field(payload, "operations")
         if operations is not None and not isinstance(operations, list):
             raise ApiError(400, ERR_MALFORMED_REQUEST, "operations must be an array")
-        common = {
-            **_metadata(field(payload, "metadata"), "metadata"),
-            **query_metadata(request.scope["query_string"]),
-        }
+        _metadata(field(payload, "metadata"), "metadata")
+        # as Dapr: the query's metadata.* is merged into each operation's (and wins)
+        common = query_metadata(request.scope["query_string"])
         steps = tuple(transaction_step(op, common) for op in operations or [])
         await self._run(store, Transact(steps), ERR_STATE_TRANSACTION)
         return _NO_CONTENT
+
+    def _check_local(self, store: str, feature: Feature, what: str) -> None:
+        """Dapr refuses an operation the store lacks before reading the body; so do we, when the
+        store is this sidecar's (a remote server checks it on its side)."""
+        service = self.state.states.local(store) if self.state.states is not None else None
+        if service is not None and feature not in service.features:
+            raise ApiError(
+                500, ERR_STATE_STORE_NOT_SUPPORTED, f"state store {store} doesn't support {what}"
+            )
 
     async def query(self, request: Request) -> Response:
         """``{results: [{key, data, etag}], token}``; 204 when nothing matches."""
@@ -216,6 +233,7 @@ class StateApi:
 
     async def _query(self, request: Request) -> Response:
         store = _store(request)
+        self._check_local(store, Feature.QUERY_API, "the query API")
         payload = _object(parse_json(await request.body()), "the query")
         result = await self._run(store, Query(payload), ERR_STATE_QUERY)
         if result is None or isinstance(result, Item | list) or not result.results:

@@ -27,10 +27,9 @@ STORE = "statestore"
 
 
 class _NoTransactions(MemoryStore):
-    features = frozenset({Feature.ETAG})
+    """Could transact and query, but does not advertise either: the service refuses both."""
 
-    async def transact(self, operations: object) -> None:
-        raise NotSupported("this store has no transactions")
+    features = frozenset({Feature.ETAG})
 
 
 @dataclass
@@ -169,8 +168,11 @@ async def test_transactions_on_a_store_without_them_are_not_supported(bus: Bus) 
     bus.store = _NoTransactions(STORE)
     server = await _serve(bus, StoreConfig(keys=KeyStrategy(store=STORE)))
     try:
+        remote = StateClient("x", bus.remote)
         with pytest.raises(NotSupported):
-            await StateClient("x", bus.remote).call(STORE, Transact((DeleteRequest("k"),)))
+            await remote.call(STORE, Transact((DeleteRequest("k"),)))
+        with pytest.raises(NotSupported):
+            await remote.call(STORE, Query({}))
     finally:
         await server.close()
 
