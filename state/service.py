@@ -15,6 +15,10 @@ through :meth:`StateService.execute` (no bus, no serialization, the same checks)
 is a call over the bus.  Nobody serving a store is :class:`~state.wire.StoreNotFound` at once
 (the broker's NoResponders), never a time-out; an error reply raises the error the server raised
 (:data:`state.wire.ERROR_CODES`).
+
+Every sidecar that loaded a store's component serves it, so they must mean one store (one SQLite
+file, one Redis): two sidecars with a ``state.in-memory`` component of one name hold two stores,
+and a third sidecar's calls reach either.
 """
 
 from __future__ import annotations

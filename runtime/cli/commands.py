@@ -38,7 +38,8 @@ def add_init(commands: Commands) -> None:
         description=(
             "Write the embedded default components to $OMNIBUS_HOME/components "
             "(~/.omnibus/components): a pubsub named 'pubsub' on the SQLite file "
-            "$OMNIBUS_HOME/bus.db. Existing files are never overwritten; running it again "
+            "$OMNIBUS_HOME/bus.db and a state store named 'statestore' on "
+            "$OMNIBUS_HOME/state.db. Existing files are never overwritten; running it again "
             "changes nothing."
         ),
     )

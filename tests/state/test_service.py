@@ -21,7 +21,16 @@ from state.keys import InvalidKey, KeyStrategy
 from state.memory import MemoryStore
 from state.service import StateClient, StateService, StoreConfig, state_topic
 from state.store import DeleteRequest, Feature, SetRequest
-from state.wire import BulkGet, Delete, Get, Query, Save, StoreNotFound, Transact
+from state.wire import (
+    BulkGet,
+    ChangeFeedError,
+    Delete,
+    Get,
+    Query,
+    Save,
+    StoreNotFound,
+    Transact,
+)
 
 STORE = "statestore"
 
@@ -238,3 +247,20 @@ async def _until(check: object, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():
             await asyncio.sleep(0.01)
+
+
+class _DownPubsub:
+    async def publish(self, topic: str, batch: object) -> None:
+        raise ConnectionError("pubsub down")
+
+
+async def test_a_failed_feed_publish_fails_the_call_after_the_commit(bus: Bus) -> None:
+    feed = ChangeFeed(STORE, FeedSettings("pubsub", "changes"), _DownPubsub(), source="orders")
+    server = await _serve(bus, StoreConfig(keys=KeyStrategy(store=STORE)), feed)
+    try:
+        with pytest.raises(ChangeFeedError, match="committed"):
+            await server.call(STORE, save("k", 1))
+        # committed all the same: the caller's retry commits again and publishes
+        assert await bus.store.get("orders||k") is not None
+    finally:
+        await server.close()
