@@ -285,7 +285,10 @@ class StateClient:
             raise StoreNotFound(f"state store {store} is not found") from None
         except RemoteError as exc:
             raise from_remote(exc) from None
-        return decode_result(request, Envelope.decode(reply.data))
+        try:
+            return decode_result(request, Envelope.decode(reply.data))
+        except InvalidArgument as exc:  # the server's fault, not the caller's: a 500
+            raise StateError(f"state store {store} answered unreadably: {exc}") from None
 
     async def get(self, store: str, key: str) -> Item | None:
         """The item under the app's ``key``, None when absent."""

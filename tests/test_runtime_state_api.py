@@ -21,7 +21,7 @@ from state.errors import StoreUnavailable
 from state.keys import KeyStrategy
 from state.memory import MemoryStore
 from state.service import StateClient, StateService, StoreConfig
-from state.store import Feature, Item, SetRequest
+from state.store import BulkItem, Feature, Item, QueryResult, SetRequest
 from tests.runtime_asgi import Component, Reply, call
 
 APP_ID = "checkout"
@@ -37,6 +37,12 @@ class _Broken(MemoryStore):
         raise StoreUnavailable("backend down")
 
     async def delete(self, request: object) -> None:
+        raise StoreUnavailable("backend down")
+
+    async def bulk_get(self, keys: object) -> list[BulkItem]:
+        raise StoreUnavailable("backend down")
+
+    async def query(self, query: object, key_prefix: str) -> QueryResult:
         raise StoreUnavailable("backend down")
 
 
@@ -321,6 +327,10 @@ async def test_store_failures_are_500_with_the_operations_code(sidecar: Sidecar)
     )
     error(await sidecar.get("/v1.0/state/broken/k"), 500, "ERR_STATE_GET")
     error(await sidecar.delete("/v1.0/state/broken/k"), 500, "ERR_STATE_DELETE")
+    bulk = await sidecar.post("/v1.0/state/broken/bulk", {"keys": ["k"]})
+    error(bulk, 500, "ERR_STATE_BULK_GET")
+    query = await sidecar.post("/v1.0-alpha1/state/broken/query", {})
+    error(query, 500, "ERR_STATE_QUERY")
 
 
 async def test_keys_in_paths_are_percent_decoded_and_must_be_utf8(sidecar: Sidecar) -> None:
