@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode
+
+from state.errors import StateError
 
 if TYPE_CHECKING:
     from state.sqlite import SqliteSettings
@@ -139,6 +142,27 @@ class Database:
             raise
         self.conn.execute("COMMIT")
         return bool(claimed)
+
+    def run_batch(self, writes: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        """Run the writes in one transaction (one commit, one fsync), each under a savepoint:
+        a failed check (StateError) undoes only its own write and becomes its result."""
+        results: list[Any] = []
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for one in writes:
+                self.conn.execute("SAVEPOINT one")
+                try:
+                    results.append(one(self.conn))
+                except StateError as exc:
+                    self.conn.execute("ROLLBACK TO one")
+                    results.append(exc)
+                self.conn.execute("RELEASE one")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        return results
 
     def close(self) -> None:
         """Close the connection."""

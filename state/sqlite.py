@@ -15,8 +15,10 @@ Storage layout (the same file means the same to Dapr and to omnibus)::
 Rows past their expiration_time are invisible at once and deleted by a purge every
 ``cleanupInterval`` (default 1 h; 0 disables), which, as in Dapr, runs only if no process sharing
 the file purged within the interval.  Times carry milliseconds (Dapr writes whole seconds; both
-compare correctly as text).  All sqlite3 calls of a store run on one worker thread of its own;
-writes of a transaction run inside ``BEGIN IMMEDIATE``.
+compare correctly as text).  All sqlite3 calls of a store run on one worker thread of its own.
+Writes are group-committed: the saves, deletes and transactions waiting while the worker commits
+go together into the next ``BEGIN IMMEDIATE ... COMMIT``, each under its own savepoint, so a failed
+etag check undoes only its own request, and concurrent callers share one fsync.
 
 Beyond Dapr: the purge is on by default (Dapr's default interval is 0, off), and the query API
 (:mod:`state._sqlite_query`) runs over SQLite's JSON functions.
@@ -25,19 +27,18 @@ Beyond Dapr: the purge is on by default (Dapr's default interval is 0, off), and
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import sqlite3
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, TypeVar, cast
 
-from state._common import expiry_epoch, given_etag, needs_absent
+from state import _sqlite_statements as sql
 from state._sqlite_db import Database, from_timestamp, timestamp
 from state._sqlite_query import select_sql
-from state.errors import BulkError, ETagMismatch, StateError, StoreUnavailable
+from state.errors import BulkError, StateError, StoreUnavailable
 from state.query import page_token, parse_query
 from state.store import (
     BulkItem,
@@ -51,8 +52,8 @@ from state.store import (
 )
 
 T = TypeVar("T")
-_ALIVE = "(expiration_time IS NULL OR expiration_time > ?)"
-_CHUNK = 500  # keys per IN (...) of a bulk get, well below SQLite's variable limit
+_BATCH = 256  # writes per transaction at most, so one commit never holds the lock for long
+_Write = Callable[[sqlite3.Connection], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,10 @@ class SqliteStore(StoreLifecycle):
         self._executor: ThreadPoolExecutor | None = None
         self._db: Database | None = None
         self._cleanup: asyncio.Task[None] | None = None
+        self._pending: list[tuple[_Write, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._reads: list[tuple[list[str], asyncio.Future[dict[str, Item]]]] = []
+        self._reader: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         """Open the file, migrate the tables and start the periodic purge."""
@@ -94,13 +99,16 @@ class SqliteStore(StoreLifecycle):
             self._cleanup = asyncio.create_task(self._purge_periodically())
 
     async def close(self) -> None:
-        """Stop the purge, close the connection and the worker thread."""
+        """Stop the purge, commit the waiting writes, close the connection and the thread."""
         if self._cleanup is not None:
             self._cleanup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cleanup
             self._cleanup = None
-        # New calls are refused at once; calls already queued on the worker finish first.
+        for task in (self._flusher, self._reader):
+            if task is not None:
+                await asyncio.shield(task)
+        # New calls are refused from here on; calls already queued on the worker finish first.
         executor, self._executor = self._executor, None
         if executor is None:
             return
@@ -114,33 +122,54 @@ class SqliteStore(StoreLifecycle):
         return (await self.bulk_get([key]))[0].item
 
     async def bulk_get(self, keys: Sequence[str]) -> list[BulkItem]:
-        """Rows of ``keys`` read in chunks, returned in the order of ``keys``."""
-        found = await self._run(self._read_many, list(keys))
+        """Rows of ``keys``, in their order; reads waiting together share one SELECT."""
+        if not keys:
+            return []
+        if self._executor is None:
+            raise StoreUnavailable(f"state store {self.name!r} is not connected")
+        future: asyncio.Future[dict[str, Item]] = asyncio.get_running_loop().create_future()
+        self._reads.append((list(keys), future))
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read_waiting())
+        found = await future
         return [BulkItem(key, found.get(key)) for key in keys]
 
     async def set(self, request: SetRequest) -> str:
         """Save one value (its etag check and the write are one statement)."""
-        return await self._run(self._write_one, request)
+        return cast(
+            str, await self._write(partial(sql.write, table=self.settings.table, request=request))
+        )
 
     async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
-        """Save each in its own statement; BulkError lists the failures."""
-        errors = await self._run(self._write_each, list(requests))
+        """Save each (in one group commit, each on its own); BulkError lists the failures."""
+        results = await asyncio.gather(
+            *(self.set(request) for request in requests), return_exceptions=True
+        )
+        errors: list[tuple[str, StateError]] = []
+        for request, result in zip(requests, results, strict=True):
+            if isinstance(result, StoreUnavailable | asyncio.CancelledError):
+                raise result
+            if isinstance(result, StateError):
+                errors.append((request.key, result))
+            elif isinstance(result, BaseException):
+                raise result
         if errors:
             raise BulkError(errors)
 
     async def delete(self, request: DeleteRequest) -> None:
         """Delete one key after its etag check."""
-        await self._run(self._delete_one, request)
+        await self._write(partial(sql.remove, table=self.settings.table, request=request))
 
     async def transact(self, operations: Sequence[Operation]) -> None:
-        """Every operation inside one BEGIN IMMEDIATE ... COMMIT, rolled back on a failure."""
-        await self._run(self._transact, list(operations))
+        """All operations under one savepoint, undone together on a failed check."""
+        ops = list(operations)
+        await self._write(partial(sql.apply, table=self.settings.table, operations=ops))
 
     async def query(self, query: Mapping[str, Any], key_prefix: str) -> QueryResult:
         """Run a Dapr query as one SELECT over SQLite's JSON functions."""
         parsed = parse_query(query)
-        sql, params = select_sql(self.settings.table, parsed, key_prefix, timestamp())
-        rows = await self._run(self._select, sql, params)
+        statement, params = select_sql(self.settings.table, parsed, key_prefix, timestamp())
+        rows = await self._run(self._select, statement, params)
         more = bool(parsed.limit) and len(rows) > parsed.limit
         page = rows[: parsed.limit] if parsed.limit else rows
         items = [Item(k, v.encode(), etag, from_timestamp(exp)) for k, v, etag, exp in page]
@@ -149,9 +178,59 @@ class SqliteStore(StoreLifecycle):
     async def purge_expired(self) -> bool:
         """Delete expired rows unless a purge ran within the interval; True if this one ran."""
         interval_ms = int(self.settings.cleanup_interval * 1000) - 100
-        return await self._run(self._purge, interval_ms)
+        return await self._run(lambda: self._database.purge(interval_ms))
 
-    # -- worker thread -------------------------------------------------------------------------
+    # -- group commit and the worker thread ------------------------------------------------------
+
+    async def _write(self, one: _Write) -> Any:
+        """Queue a write for the next group commit and wait for its own result."""
+        if self._executor is None:
+            raise StoreUnavailable(f"state store {self.name!r} is not connected")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((one, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
+                try:
+                    results = await self._run(self._database.run_batch, [w for w, _ in batch])
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                except asyncio.CancelledError:
+                    for _, future in [*batch, *self._pending]:
+                        future.cancel()  # the loop is going away: nobody waits forever
+                    raise
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue  # the caller gave up; its write stands, as any in flight
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._flusher = None
+
+    async def _read_waiting(self) -> None:
+        try:
+            while self._reads:
+                batch, self._reads = self._reads, []
+                keys = list(dict.fromkeys(key for wanted, _ in batch for key in wanted))
+                try:
+                    found = await self._run(self._read, keys)
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(found)
+        finally:
+            self._reader = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
@@ -163,123 +242,19 @@ class SqliteStore(StoreLifecycle):
             raise StoreUnavailable(f"state store {self.name!r}: {exc}") from exc
 
     @property
-    def _conn(self) -> sqlite3.Connection:
-        assert self._db is not None
-        return self._db.conn
+    def _database(self) -> Database:
+        if self._db is None:
+            raise StoreUnavailable(f"state store {self.name!r} is not connected")
+        return self._db
 
-    def _read_many(self, keys: list[str]) -> dict[str, Item]:
-        table, now, found = self.settings.table, timestamp(), {}
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(
-                f"SELECT key, value, is_binary, etag, expiration_time FROM {table} "
-                f"WHERE key IN ({marks}) AND {_ALIVE}",
-                [*chunk, now],
-            )
-            for key, value, is_binary, etag, expires in rows:
-                data = base64.b64decode(value) if is_binary else str(value).encode()
-                found[key] = Item(key, data, etag, from_timestamp(expires))
-        return found
+    def _read(self, keys: list[str]) -> dict[str, Item]:
+        return sql.read_many(self._database.conn, self.settings.table, keys)
 
-    def _write_one(self, request: SetRequest) -> str:
-        table, now = self.settings.table, timestamp()
-        stored, is_binary = _encode(request)
-        etag = str(uuid.uuid4())
-        expires = _expiry(request.ttl)
-        expected = given_etag(request)
-        if expected is not None:
-            cursor = self._conn.execute(
-                f"UPDATE {table} SET value = ?, etag = ?, is_binary = ?, update_time = ?, "
-                f"expiration_time = ? WHERE key = ? AND etag = ? AND {_ALIVE}",
-                (stored, etag, is_binary, now, expires, request.key, expected, now),
-            )
-            if cursor.rowcount == 0:
-                raise ETagMismatch(f"etag mismatch for key {request.key!r}")
-        elif needs_absent(request):
-            # One statement: replace only a row that is absent or expired.
-            cursor = self._conn.execute(
-                f"INSERT OR REPLACE INTO {table} "
-                "(key, value, is_binary, etag, expiration_time, update_time) "
-                f"SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
-                f"(SELECT 1 FROM {table} WHERE key = ? AND {_ALIVE})",
-                (request.key, stored, is_binary, etag, expires, now, request.key, now),
-            )
-            if cursor.rowcount == 0:
-                raise ETagMismatch(f"first-write: key {request.key!r} already exists")
-        else:
-            self._conn.execute(
-                f"INSERT OR REPLACE INTO {table} "
-                "(key, value, is_binary, etag, expiration_time, update_time) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (request.key, stored, is_binary, etag, expires, now),
-            )
-        return etag
-
-    def _write_each(self, requests: list[SetRequest]) -> list[tuple[str, StateError]]:
-        errors: list[tuple[str, StateError]] = []
-        for request in requests:
-            try:
-                self._write_one(request)
-            except StateError as exc:
-                errors.append((request.key, exc))
-        return errors
-
-    def _delete_one(self, request: DeleteRequest) -> None:
-        expected = given_etag(request)
-        table = self.settings.table
-        if expected is None:
-            self._conn.execute(f"DELETE FROM {table} WHERE key = ?", (request.key,))
-            return
-        cursor = self._conn.execute(
-            f"DELETE FROM {table} WHERE key = ? AND etag = ? AND {_ALIVE}",
-            (request.key, expected, timestamp()),
-        )
-        if cursor.rowcount == 0:
-            raise ETagMismatch(f"etag mismatch for key {request.key!r}")
-
-    def _transact(self, operations: list[Operation]) -> None:
-        with self._transaction():
-            for operation in operations:
-                if isinstance(operation, SetRequest):
-                    self._write_one(operation)
-                else:
-                    self._delete_one(operation)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
-
-    def _select(self, sql: str, params: list[Any]) -> list[tuple[str, str, str, Any]]:
-        return list(self._conn.execute(sql, params))
-
-    def _purge(self, interval_ms: int) -> bool:
-        assert self._db is not None
-        return self._db.purge(interval_ms)
+    def _select(self, statement: str, params: list[Any]) -> list[tuple[str, str, str, Any]]:
+        return list(self._database.conn.execute(statement, params))
 
     async def _purge_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.settings.cleanup_interval)
             with contextlib.suppress(StoreUnavailable):
                 await self.purge_expired()
-
-
-def _encode(request: SetRequest) -> tuple[str, int]:
-    """The TEXT to store and its is_binary flag (Dapr: base64 of binary values)."""
-    if not request.is_binary:
-        try:
-            return request.value.decode("utf-8"), 0
-        except UnicodeDecodeError:
-            pass  # not text after all: store it the binary way, which round-trips any bytes
-    return base64.b64encode(request.value).decode("ascii"), 1
-
-
-def _expiry(ttl: int | None) -> str | None:
-    epoch = expiry_epoch(ttl)
-    return None if epoch is None else timestamp(epoch)

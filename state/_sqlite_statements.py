@@ -1,0 +1,103 @@
+"""The per-request statements of ``state.sqlite``, run on the store's worker thread.
+
+Each write checks its etag or first-write condition in the same statement that writes it; the
+caller (:meth:`state._sqlite_db.Database.run_batch`) wraps writes in a transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+import uuid
+from collections.abc import Sequence
+
+from state._common import expiry_epoch, given_etag, needs_absent
+from state._sqlite_db import from_timestamp, timestamp
+from state.errors import ETagMismatch
+from state.store import DeleteRequest, Item, Operation, SetRequest
+
+ALIVE = "(expiration_time IS NULL OR expiration_time > ?)"
+_CHUNK = 500  # keys per IN (...) of a bulk get, well below SQLite's variable limit
+_ALIVE_AT_6 = "(expiration_time IS NULL OR expiration_time > ?6)"  # ?6: now, in a write's row
+_COLUMNS = "(key, value, is_binary, etag, expiration_time, update_time)"
+
+
+def read_many(conn: sqlite3.Connection, table: str, keys: Sequence[str]) -> dict[str, Item]:
+    """The live rows of ``keys``, by key."""
+    now, found = timestamp(), {}
+    for start in range(0, len(keys), _CHUNK):
+        chunk = list(keys[start : start + _CHUNK])
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT key, value, is_binary, etag, expiration_time FROM {table} "
+            f"WHERE key IN ({marks}) AND {ALIVE}",
+            [*chunk, now],
+        )
+        for key, value, is_binary, etag, expires in rows:
+            data = base64.b64decode(value) if is_binary else str(value).encode()
+            found[key] = Item(key, data, etag, from_timestamp(expires))
+    return found
+
+
+def write(conn: sqlite3.Connection, table: str, request: SetRequest) -> str:
+    """Save one value; the new etag (a uuid4, as Dapr's)."""
+    now, etag = timestamp(), str(uuid.uuid4())
+    stored, is_binary = _encode(request)
+    row = (request.key, stored, is_binary, etag, _expiry(request.ttl), now)
+    expected = given_etag(request)
+    if expected is not None:
+        sql = (
+            f"UPDATE {table} SET value = ?2, is_binary = ?3, etag = ?4, expiration_time = ?5, "
+            f"update_time = ?6 WHERE key = ?1 AND etag = ?7 AND {_ALIVE_AT_6}"
+        )
+        if conn.execute(sql, (*row, expected)).rowcount == 0:
+            raise ETagMismatch(f"etag mismatch for key {request.key!r}")
+    elif needs_absent(request):
+        # Replace only a row that is absent or expired.
+        sql = (
+            f"INSERT OR REPLACE INTO {table} {_COLUMNS} SELECT ?1, ?2, ?3, ?4, ?5, ?6 "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE key = ?1 AND {_ALIVE_AT_6})"
+        )
+        if conn.execute(sql, row).rowcount == 0:
+            raise ETagMismatch(f"first-write: key {request.key!r} already exists")
+    else:
+        conn.execute(f"INSERT OR REPLACE INTO {table} {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?)", row)
+    return etag
+
+
+def remove(conn: sqlite3.Connection, table: str, request: DeleteRequest) -> None:
+    """Delete one key; with an etag, only the live row carrying it."""
+    expected = given_etag(request)
+    if expected is None:
+        conn.execute(f"DELETE FROM {table} WHERE key = ?", (request.key,))
+        return
+    cursor = conn.execute(
+        f"DELETE FROM {table} WHERE key = ? AND etag = ? AND {ALIVE}",
+        (request.key, expected, timestamp()),
+    )
+    if cursor.rowcount == 0:
+        raise ETagMismatch(f"etag mismatch for key {request.key!r}")
+
+
+def apply(conn: sqlite3.Connection, table: str, operations: Sequence[Operation]) -> None:
+    """Every operation in order; the first failed check raises (the caller rolls back)."""
+    for operation in operations:
+        if isinstance(operation, SetRequest):
+            write(conn, table, operation)
+        else:
+            remove(conn, table, operation)
+
+
+def _encode(request: SetRequest) -> tuple[str, int]:
+    """The TEXT to store and its is_binary flag (Dapr: base64 of binary values)."""
+    if not request.is_binary:
+        try:
+            return request.value.decode("utf-8"), 0
+        except UnicodeDecodeError:
+            pass  # not text after all: store it the binary way, which round-trips any bytes
+    return base64.b64encode(request.value).decode("ascii"), 1
+
+
+def _expiry(ttl: int | None) -> str | None:
+    epoch = expiry_epoch(ttl)
+    return None if epoch is None else timestamp(epoch)
