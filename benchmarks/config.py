@@ -11,7 +11,7 @@ BACKENDS = ("sqlite", "redis", "rabbitmq")
 # The in-process backend can be measured bus-only (the delivery engine's own ceiling); two
 # sidecar processes cannot share it, so its HTTP scenarios are reported as skipped.
 EXTRA_BACKENDS = ("memory",)
-SCENARIOS = ("ingest", "e2e", "latency", "bus", "cost", "rpc")
+SCENARIOS = ("ingest", "e2e", "latency", "bus", "cost", "rpc", "state")
 SCENARIO_TITLES = {
     "ingest": "publish ingest over HTTP",
     "e2e": "end-to-end through two sidecars",
@@ -19,6 +19,7 @@ SCENARIO_TITLES = {
     "bus": "bus only: consume + ack",
     "cost": "sidecar cost",
     "rpc": "request/reply, bus only",
+    "state": "state over HTTP",
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -36,6 +36,11 @@ class LoadSpec:
     messages: int | None = None
     rate: float | None = None
     record_round_trips: bool = False
+    # Instead of payloads: ``method`` with ``body`` (None: no body); with ``keys`` > 0, "{key}"
+    # in the URL and the body cycles through k0 .. k<keys - 1> (the state scenario's keys).
+    method: str = "POST"
+    body: str | None = None
+    keys: int = 0
 
     def share(self, total: int, index: int) -> int:
         """Worker ``index``'s part of ``total`` (connections or messages)."""
@@ -195,12 +200,11 @@ class _Worker:
         count = self.spec.bulk_size or 1
         first, self.next_id = self.next_id, self.next_id + count
         sent = time.monotonic_ns()
-        if self.spec.bulk_size:
-            body = self.factory.bulk(first, count, sent)
-        else:
-            body = self.factory.message(first, sent)
+        url, body = self._request(first, sent)
         try:
-            async with session.post(self.spec.url, data=body, headers=headers) as response:
+            async with session.request(
+                self.spec.method, url, data=body, headers=headers
+            ) as response:
                 await response.read()
                 status = response.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -214,6 +218,16 @@ class _Worker:
                 self.result.round_trips_us.append((time.monotonic_ns() - sent) // 1000)
         else:
             self._error(f"HTTP {status}")
+
+    def _request(self, first: int, sent: int) -> tuple[str, bytes | None]:
+        spec = self.spec
+        if spec.keys:
+            key = f"k{first % spec.keys}"
+            body = None if spec.body is None else spec.body.replace("{key}", key).encode()
+            return spec.url.replace("{key}", key), body
+        if spec.bulk_size:
+            return spec.url, self.factory.bulk(first, spec.bulk_size, sent)
+        return spec.url, self.factory.message(first, sent)
 
     def _error(self, text: str) -> None:
         self.result.errors += 1

@@ -18,8 +18,9 @@ RUNNING = """\
 
 `omnibus bench` (or `python -m benchmarks`) runs every scenario on sqlite, redis and rabbitmq
 (`--backends memory,...` adds the in-process bus to the bus-only scenarios);
-`--quick` keeps the whole run under two minutes. `--backends redis,rabbitmq`, `--scenarios
-ingest,e2e,latency,bus,cost,rpc`, `--size`, `--duration`, `--rate`, `--messages` narrow it down;
+`--quick` keeps the whole run short. `--backends redis,rabbitmq`, `--scenarios
+ingest,e2e,latency,bus,cost,rpc,state`, `--size`, `--duration`, `--rate`, `--messages` narrow it
+down;
 `--repeat N` runs every phase N times and reports each figure's median (this VM's run-to-run
 spread is wide: single runs a few minutes apart differed by up to 25% on the same figure);
 `--profile` adds py-spy summaries of the sidecars (the sampler shares the two cores, so
@@ -76,6 +77,17 @@ figure includes the cost of sharing them; ratios compare figures taken in the sa
    reply-to and publisher confirms), and FastStream's `broker.request` (a list subscriber with
    64 workers; a queue subscriber). All subjects of a backend take turns in four slices of
    each phase, so a neighbour's load falls on all of them alike.
+7. **State over HTTP.** One sidecar (no app) with the store as component `statestore`
+   (`state.sqlite` in the run's directory, `state.redis` on the private redis-server); keys
+   k0..k99 saved first. Save (`POST /v1.0/state/statestore`, one item whose value is the
+   payload) and get (`GET /v1.0/state/statestore/k<n>`): throughput with 32 requests in flight,
+   then p50/p99 of the generator's round trips at the fixed rate (`--rate`, open loop), each
+   phase half as long as the ingest and latency phases. Baselines in the same run, in the
+   orchestrating process, the same two ways (32 in flight; the fixed rate over `--connections`
+   workers): raw redis-py running `state.redis`'s own save script (EVALSHA) and its get
+   (HGETALL + PEXPIRETIME, one pipeline), and raw sqlite3 running the store's INSERT OR REPLACE
+   and SELECT on Dapr's table layout (WAL, autocommit) on one worker thread. The HTTP ceiling is
+   the bare Starlette endpoint of scenario 1.
 
 `--profile` runs py-spy on the sidecars during the ingest, end-to-end and fixed-rate phases
 (collapsed stacks `profile-<backend>-<phase>-<role>.txt` in the results directory, summaries

@@ -175,12 +175,23 @@ class Children:
         return child
 
     def sidecar(
-        self, app_id: str, target: Target, *, app: Child | None = None, home: Path
+        self,
+        app_id: str,
+        target: Target,
+        *,
+        app: Child | None = None,
+        home: Path,
+        components: dict[str, str] | None = None,
     ) -> Child:
-        """``python -m runtime.sidecar`` for ``target``, ready (``/v1.0/healthz`` 204)."""
+        """``python -m runtime.sidecar`` for ``target``, ready (``/v1.0/healthz`` 204).
+
+        ``components`` are more resource files (name -> YAML text) beside the pubsub's.
+        """
         resources = self.workdir / f"resources-{app_id}"
         resources.mkdir(parents=True, exist_ok=True)
         (resources / "pubsub.yaml").write_text(component_yaml(target))
+        for name, text in (components or {}).items():
+            (resources / f"{name}.yaml").write_text(text)
         port = free_port()
         argv = [sys.executable, "-m", "runtime.sidecar", "--app-id", app_id]
         argv += ["--dapr-http-port", str(port), "--resources-path", str(resources)]

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = 1
-BASELINES = ("starlette", "redis-py", "aio-pika", "faststream-redis", "faststream-rabbit")
+BASELINES = (
+    "starlette", "redis-py", "aio-pika", "faststream-redis", "faststream-rabbit", "sqlite3",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from benchmarks.report import (
 )
 from benchmarks.rpc import measure_rpc
 from benchmarks.services import RABBIT_URL, Services, Target
+from benchmarks.state_bench import STORES, measure_state, state_steps
 
 HTTP_SCENARIOS = ("ingest", "e2e", "latency", "cost")
 GENERATOR_SATURATED = 0.8  # cores per generator process
@@ -154,6 +155,8 @@ def _steps(config: BenchConfig, services: Services) -> int:
         steps += len(backends) + 3 * ("redis" in backends) + 2 * ("rabbitmq" in backends)
     if config.wants("rpc"):
         steps += len(backends)
+    if config.wants("state"):
+        steps += state_steps(backends) + 2 * (not config.wants("ingest"))
     http = [b for b in backends if b != "memory"]
     if http and any(config.wants(s) for s in HTTP_SCENARIOS):
         steps += 2 + 6 * len(http)
@@ -339,7 +342,8 @@ async def _http_phases(
 ) -> None:
     wanted = [s for s in HTTP_SCENARIOS if config.wants(s)]
     backends = [b for b in config.backends if b in services.targets]
-    if not wanted or not backends:
+    state = config.wants("state") and any(b in STORES for b in backends)
+    if not (wanted or state) or not backends:
         return
     if "memory" in backends:
         for scenario in wanted:
@@ -347,7 +351,7 @@ async def _http_phases(
         backends.remove("memory")
     if importlib.util.find_spec("runtime.sidecar") is None:
         for backend in backends:
-            for scenario in wanted:
+            for scenario in wanted + ["state"] * state:
                 report.skip(scenario, backend, "runtime.sidecar is not installed")
         return
     if not backends:
@@ -356,11 +360,13 @@ async def _http_phases(
         run = HttpRun(config, report, generator, children, services, run_id, services.workdir, step)
         if config.wants("ingest"):
             await _guarded(report, "ingest", "starlette", measure_ceiling(run))
-        for backend in backends:
+        for backend in backends if wanted else ():
             scenario = wanted[0] if len(wanted) == 1 else "+".join(wanted)
             await _guarded(
                 report, scenario, backend, measure_backend(run, services.targets[backend])
             )
+        if state:
+            await measure_state(run, _guarded)
 
 
 def generator_check(measurements: Sequence[Measurement], config: dict[str, Any]) -> dict[str, Any]:

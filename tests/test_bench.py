@@ -167,13 +167,65 @@ async def test_request_reply_scenario_on_memory_and_sqlite(tmp_path: Path) -> No
     assert {m["scenario"] for m in document["measurements"]} == {"rpc"}
 
 
+def test_state_goal_allows_a_fixed_time_over_the_raw_client() -> None:
+    measurements = [
+        Measurement("state", "redis", "get p50", 0.9, "ms"),
+        Measurement("state", "redis-py", "get p50", 0.5, "ms"),
+        Measurement("state", "redis", "save p50", 0.7, "ms"),
+        Measurement("state", "redis-py", "save p50", 0.5, "ms"),
+        Measurement("ingest", "starlette", "single", 1000.0, "msg/s"),
+        Measurement("state", "redis", "get ops/s (32 in flight)", 600.0, "ops/s"),
+    ]
+    rows = {(r["variant"], r["baseline"]): r for r in figure_rows(measurements)}
+    get = rows[("get p50", "redis-py/get p50")]
+    assert get["met"] is False and get["goal"] == "<= baseline + 0.30 ms"  # +0.4 ms
+    assert rows[("save p50", "redis-py/save p50")]["met"] is True  # +0.2 ms
+    assert rows[("get ops/s (32 in flight)", "starlette/single")]["met"] is True  # 0.6x
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_state_scenario_on_sqlite(tmp_path: Path) -> None:
+    # Given: the state scenario alone, on the embedded store, at a low fixed rate
+    config = BenchConfig(
+        backends=("sqlite",),
+        scenarios=("state",),
+        ingest_duration=0.5,
+        latency_duration=1.0,
+        rate=200,
+        connections=4,
+        generators=1,
+        output=tmp_path / "results",
+        plots=False,
+        quick=True,
+    )
+    # When
+    with (tmp_path / "console.txt").open("w") as out:
+        document = await run_bench(config, Console(file=out, width=140))
+    # Then: through the sidecar and raw, every figure, from operations that all succeeded
+    assert document["skipped"] == []
+    found = {(m["subject"], m["variant"]): m for m in document["measurements"]}
+    assert found[("starlette", "single")]["value"] > 0  # the ceiling, measured for this scenario
+    for subject in ("sqlite", "sqlite3"):
+        for op in ("save", "get"):
+            rate = found[(subject, f"{op} ops/s (32 in flight)")]
+            assert rate["scenario"] == "state" and rate["value"] > 0
+            assert rate["details"]["errors"] == 0
+            p50, p99 = found[(subject, f"{op} p50")], found[(subject, f"{op} p99")]
+            assert 0 < p50["value"] <= p99["value"] and p50["details"]["errors"] == 0
+            assert p50["details"]["operations"] > 0
+    assert document["checks"]["errors"] == []
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(180)
 async def test_quick_run_on_sqlite_writes_json_plots_and_markdown(tmp_path: Path) -> None:
-    # Given: a tiny run of every scenario on the embedded backend, twice
+    # Given: a tiny run of the pub/sub scenarios on the embedded backend, twice (request/reply
+    # and state have tests of their own)
     config = BenchConfig(
         repeat=2,
         backends=("sqlite",),
+        scenarios=("ingest", "e2e", "latency", "bus", "cost"),
         messages=200,
         ingest_duration=0.5,
         latency_duration=1.0,

@@ -1,0 +1,316 @@
+"""Scenario ``state``: save and get over HTTP through a sidecar, beside the raw client.
+
+Per store (``state.sqlite`` in the run's work directory, ``state.redis`` on the private
+redis-server): one sidecar process (no app) loads it as component ``statestore``, and keys
+``k0`` .. ``k99`` are saved through it first.  Then, with the run's generator:
+
+- throughput: 32 requests in flight for half of ``--duration``; save = ``POST
+  /v1.0/state/statestore`` of ``[{"key": "k<n>", "value": <the payload>}]``, get = ``GET
+  /v1.0/state/statestore/k<n>``;
+- latency: ``--rate`` ops/s (default 1,000, open loop) for half of the latency duration;
+  p50/p99 of the generator's round trips.
+
+Baselines in the same run, in this process, doing the same operation on a store of the same
+layout (no HTTP), driven the same two ways (32 in flight, then the fixed rate):
+
+- redis-py: the save script of ``state.redis`` (EVALSHA) and its get (HGETALL + PEXPIRETIME in
+  one pipeline);
+- sqlite3: the store's INSERT OR REPLACE and SELECT on Dapr's table layout (WAL, autocommit),
+  each on one worker thread, as the store runs them.
+
+The HTTP ceiling is the bare Starlette endpoint of the ingest scenario (measured here if the run
+does not include ingest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from itertools import count
+from pathlib import Path
+
+from benchmarks.http_phases import HttpRun, measure_ceiling, percentiles
+from benchmarks.loadgen import LoadResult
+from benchmarks.payload import PayloadFactory
+from benchmarks.report import Report
+from benchmarks.services import Target
+from state.redis import _SET as REDIS_SAVE_SCRIPT  # the very script the store runs
+
+STORES = {"sqlite": "state.sqlite", "redis": "state.redis"}
+RAW = {"sqlite": "sqlite3", "redis": "redis-py"}
+STORE = "statestore"
+KEYS = 100
+IN_FLIGHT = 32
+OPS = ("save", "get")
+SAVE_PATH = f"/v1.0/state/{STORE}"
+GET_PATH = f"/v1.0/state/{STORE}/{{key}}"
+
+Op = Callable[[str], Awaitable[None]]
+Guard = Callable[[Report, str, str, Awaitable[None]], Awaitable[None]]
+
+
+def throughput_variant(op: str) -> str:
+    """``save ops/s (32 in flight)``."""
+    return f"{op} ops/s ({IN_FLIGHT} in flight)"
+
+
+def state_steps(backends: list[str]) -> int:
+    """Progress steps of the scenario."""
+    return sum(1 + 2 * len(OPS) for b in backends if b in STORES)
+
+
+async def measure_state(run: HttpRun, guard: Guard) -> None:
+    """Every store of the run's backends through a sidecar, then its raw client."""
+    backends = [b for b in run.config.backends if b in STORES and b in run.services.targets]
+    if not backends:
+        return
+    if run.report.get("ingest", "starlette", "single") is None:
+        await guard(run.report, "ingest", "starlette", measure_ceiling(run))
+    value = PayloadFactory(run.config.payload_size).message(0, time.monotonic_ns()).decode()
+    for backend in backends:
+        await guard(run.report, "state", backend, _through_sidecar(run, backend, value))
+        if backend == "redis":
+            raw = _raw_redis(run.services.redis_url(), value, run.run_id)
+        else:
+            raw = _raw_sqlite(run.home / "raw-state.db", value)
+        await guard(run.report, "state", RAW[backend], _raw(run, RAW[backend], raw, value))
+
+
+def _durations(run: HttpRun) -> tuple[float, float]:
+    """(throughput, latency) seconds of each phase: half the run's, to keep the scenario short."""
+    return max(run.config.ingest_duration / 2, 0.5), max(run.config.latency_duration / 2, 1.0)
+
+
+# -- through the sidecar ----------------------------------------------------------------------
+
+
+def store_yaml(backend: str, run: HttpRun) -> str:
+    """The ``statestore`` component of ``backend`` for this run."""
+    if backend == "redis":
+        port = run.services.redis.port if run.services.redis is not None else 6379
+        metadata = {"redisHost": f"127.0.0.1:{port}", "redisPassword": ""}
+    else:
+        metadata = {"connectionString": str(run.home / "state.db")}
+    lines = ["apiVersion: dapr.io/v1alpha1", "kind: Component", "metadata:", f"  name: {STORE}"]
+    lines += ["spec:", f"  type: {STORES[backend]}", "  version: v1", "  metadata:"]
+    for key, text in metadata.items():
+        lines += [f"  - name: {key}", f"    value: {json.dumps(text)}"]
+    return "\n".join(lines) + "\n"
+
+
+async def _through_sidecar(run: HttpRun, backend: str, value: str) -> None:
+    target: Target = run.services.targets[backend]
+    run.step(f"{backend}: state store sidecar")
+    app_id = f"bench-state-{run.run_id}"
+    components = {STORE: store_yaml(backend, run)}
+    sidecar = run.children.sidecar(app_id, target, home=run.home, components=components)
+    try:
+        items = [{"key": f"k{n}", "value": json.loads(value)} for n in range(KEYS)]
+        await asyncio.to_thread(_post, sidecar.url(SAVE_PATH), json.dumps(items).encode())
+        save_body = '[{"key":"{key}","value":' + value + "}]"
+        throughput, latency = _durations(run)
+        for op, path, method, body in (
+            ("save", SAVE_PATH, "POST", save_body),
+            ("get", GET_PATH, "GET", None),
+        ):
+            shape = {"method": method, "body": body, "keys": KEYS}
+            run.step(f"{backend}: state {op}, {IN_FLIGHT} in flight")
+            spec = replace(run.load(sidecar.url(path), duration=throughput, **shape),
+                           connections=IN_FLIGHT)  # fmt: skip
+            _record_rate(run.report, backend, op, await run.generator.run(spec))
+            run.step(f"{backend}: state {op} at {run.config.rate:g} ops/s")
+            spec = run.load(
+                sidecar.url(path),
+                duration=latency,
+                rate=run.config.rate,
+                record_round_trips=True,
+                **shape,
+            )
+            load = await run.generator.run(spec)
+            times = sorted(load.round_trips_us)
+            _record_times(run.report, backend, op, times, load.errors, load.rate)
+    finally:
+        run.children.stop(sidecar)
+
+
+def _post(url: str, body: bytes) -> None:
+    request = urllib.request.Request(url, data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        if not 200 <= response.status < 300:
+            raise RuntimeError(f"saving the keys answered {response.status}")
+
+
+def _record_rate(report: Report, subject: str, op: str, load: LoadResult) -> None:
+    report.add(
+        "state",
+        subject,
+        throughput_variant(op),
+        load.rate,
+        "ops/s",
+        requests=load.requests,
+        errors=load.errors,
+        first_error=load.first_error,
+        seconds=round(load.elapsed, 3),
+        generator_cores=round(load.cores, 3),
+    )
+
+
+def _record_times(
+    report: Report, subject: str, op: str, latencies_us: list[int], errors: int, rate: float
+) -> None:
+    if not latencies_us:
+        raise RuntimeError(f"{op}: no operation succeeded at the fixed rate")
+    marks = percentiles(latencies_us)
+    for name in ("p50", "p99"):
+        report.add("state", subject, f"{op} {name}", marks[name] / 1000, "ms",
+                   operations=len(latencies_us), errors=errors,
+                   achieved_rate=round(rate, 1))  # fmt: skip
+
+
+# -- raw clients ------------------------------------------------------------------------------
+
+
+async def _raw(
+    run: HttpRun,
+    subject: str,
+    client: contextlib.AbstractAsyncContextManager[dict[str, Op]],
+    value: str,
+) -> None:
+    throughput, latency = _durations(run)
+    async with client as ops:
+        for n in range(KEYS):
+            await ops["save"](f"k{n}")
+        for op in OPS:
+            run.step(f"{subject}: {op}")
+            loop = await _drive(ops[op], IN_FLIGHT, throughput)
+            run.report.add("state", subject, throughput_variant(op), loop.done / loop.elapsed,
+                           "ops/s", operations=loop.done, errors=loop.failed,
+                           first_error=loop.first_error)  # fmt: skip
+            paced = await _drive(ops[op], run.config.connections, latency, run.config.rate)
+            achieved = paced.done / paced.elapsed
+            _record_times(run.report, subject, op, paced.times_us, paced.failed, achieved)
+
+
+@dataclass(slots=True)
+class _Tally:
+    done: int = 0
+    failed: int = 0
+    first_error: str = ""
+    times_us: list[int] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    def fail(self, exc: Exception) -> None:
+        self.failed += 1
+        self.first_error = self.first_error or f"{type(exc).__name__}: {exc}"
+
+
+async def _drive(op: Op, workers: int, duration: float, rate: float | None = None) -> _Tally:
+    """``workers`` loops of operations for ``duration`` seconds, as the HTTP generator runs.
+
+    Without ``rate`` each worker starts its next operation when the last one ends (closed loop);
+    with it, operation ``i`` is due at ``i / rate`` and starts then or, if the worker is late, at
+    once, and its time runs from its actual start, as the generator's round trips do.
+    """
+    tally = _Tally()
+    started = time.perf_counter()
+    deadline = started + duration
+    due = count() if rate is not None else None
+
+    async def worker(offset: int) -> None:
+        index = offset
+        while (now := time.perf_counter()) < deadline:
+            if due is not None and rate is not None:
+                index = next(due)
+                wait = started + index / rate - now
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            began = time.perf_counter_ns()
+            try:
+                await op(f"k{index % KEYS}")
+            except Exception as exc:  # counted like a failed HTTP request
+                tally.fail(exc)
+            else:
+                tally.done += 1
+                tally.times_us.append((time.perf_counter_ns() - began) // 1000)
+            index += workers
+
+    await asyncio.gather(*(worker(i) for i in range(workers)))
+    tally.elapsed = time.perf_counter() - started
+    tally.times_us.sort()
+    return tally
+
+
+@contextlib.asynccontextmanager
+async def _raw_redis(url: str, value: str, run_id: str) -> AsyncIterator[dict[str, Op]]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    script = client.register_script(REDIS_SAVE_SCRIPT)
+    prefix = f"bench-raw-{run_id}||"
+
+    async def save(key: str) -> None:
+        await script(keys=[prefix + key], args=["", value, "0", 0])
+
+    async def get(key: str) -> None:
+        pipe = client.pipeline(transaction=False)
+        pipe.hgetall(prefix + key)
+        pipe.pexpiretime(prefix + key)
+        await pipe.execute()
+
+    try:
+        yield {"save": save, "get": get}
+    finally:
+        await client.aclose()
+
+
+_TABLE = """CREATE TABLE IF NOT EXISTS state (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL,
+is_binary BOOLEAN NOT NULL, etag TEXT NOT NULL, expiration_time TIMESTAMP DEFAULT NULL,
+update_time TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)"""
+_SAVE = (
+    "INSERT OR REPLACE INTO state (key, value, is_binary, etag, expiration_time, update_time) "
+    "VALUES (?, ?, 0, ?, NULL, ?)"
+)
+_GET = (
+    "SELECT key, value, is_binary, etag, expiration_time FROM state WHERE key IN (?) "
+    "AND (expiration_time IS NULL OR expiration_time > ?)"
+)
+
+
+@contextlib.asynccontextmanager
+async def _raw_sqlite(path: Path, value: str) -> AsyncIterator[dict[str, Op]]:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=2.0)
+    conn.execute("PRAGMA busy_timeout = 2000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(_TABLE)
+    worker = ThreadPoolExecutor(1, thread_name_prefix="raw-sqlite")
+    loop = asyncio.get_running_loop()
+
+    def now() -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+
+    def save_now(key: str) -> None:
+        conn.execute(_SAVE, (key, value, str(uuid.uuid4()), now()))
+
+    def get_now(key: str) -> None:
+        conn.execute(_GET, (key, now())).fetchall()
+
+    async def save(key: str) -> None:
+        await loop.run_in_executor(worker, save_now, key)
+
+    async def get(key: str) -> None:
+        await loop.run_in_executor(worker, get_now, key)
+
+    try:
+        yield {"save": save, "get": get}
+    finally:
+        worker.shutdown(wait=True)
+        conn.close()
