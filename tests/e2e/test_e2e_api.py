@@ -267,8 +267,10 @@ def test_without_resources_path_the_embedded_defaults_are_created_and_used(
     cluster: Cluster,
 ) -> None:
     sidecar = cluster.sidecar(cluster.app_id("plain"), None)
-    (pubsub,) = sidecar.get("/v1.0/metadata").json()["components"]
+    pubsub, store = sidecar.get("/v1.0/metadata").json()["components"]
     assert (pubsub["name"], pubsub["type"]) == ("pubsub", "pubsub.sqlite")
+    assert (store["name"], store["type"]) == ("statestore", "state.sqlite")
     assert (cluster.home / "components" / "pubsub.yaml").is_file()
+    assert (cluster.home / "components" / "statestore.yaml").is_file()
     sidecar.publish(cluster.topic("plain"), {"n": 1})
     assert (cluster.home / "bus.db").is_file()
