@@ -8,7 +8,8 @@ Storage layout (all in a :class:`MemoryHub`, lost when the process ends):
   ``pending`` (sequence -> lease: the message, its delivery count and when it becomes visible
   again; leases of running handlers expire after processingTimeout, retries after their backoff).
 - ``inboxes[address]``: the reply callback of each broker's request inbox.
-- ``presence[(name, instance)]``: presence entries with their last beat.
+- ``presence[(name, instance key)]``: presence entries with their last beat (the key of
+  :func:`bus.presence_keys.storage_instance`, separate for apps and services).
 
 Several :class:`MemoryBroker` objects sharing one hub behave like processes sharing a server.
 """
@@ -28,6 +29,7 @@ from bus.errors import BrokerClosed
 from bus.message import STORED_MS, Message, stored_age
 from bus.options import SubscriptionOptions
 from bus.presence import HEARTBEAT_TTL, Presence
+from bus.presence_keys import storage_instance
 from bus.rpc import MODE_KEY, RequestMode
 
 _CALL = RequestMode.CALL.value
@@ -234,10 +236,10 @@ class MemoryBroker(BaseBroker):
     async def _beat(self, entries: Sequence[Presence]) -> None:
         now = time.time()
         for entry in entries:
-            self.hub.presence[(entry.name, entry.instance)] = replace(entry, last_beat=now)
+            self.hub.presence[(entry.name, storage_instance(entry))] = replace(entry, last_beat=now)
 
     async def _remove_presence(self, entry: Presence) -> None:
-        self.hub.presence.pop((entry.name, entry.instance), None)
+        self.hub.presence.pop((entry.name, storage_instance(entry)), None)
 
     async def _list_presence(self, name: str | None) -> list[Presence]:
         now = time.time()

@@ -74,3 +74,32 @@ async def test_a_call_whose_reply_channel_closes_fails_with_reply_lost(
     await eventually(lambda: not channel.is_closed)
     reply = await client.request(topic, Message(data=b"y"), timeout=10)
     assert reply.data == b"late"
+
+
+@pytest.mark.rabbitmq
+async def test_beats_reach_only_the_brokers_that_look_the_name_up(
+    pair: tuple[RabbitBroker, RabbitBroker],
+) -> None:
+    server, client = pair
+    topic = f"t.{uuid.uuid4().hex[:12]}"
+    bystander = RabbitBroker(RabbitSettings(url=RABBITMQ_URL))
+    await bystander.connect()
+    try:
+        # Given a served topic that one broker looks up and another never asks about
+        await server.serve(topic, _echo, SubscriptionOptions(group="svc"))
+        [entry] = await client.instances(topic)
+        assert entry.instance == server.instance
+        # When the server beats again
+        await server._beat(list(server._announced.values()))
+        await client.instances(topic)
+        # Then the bystander's table never held it: no beat was routed to it
+        assert bystander._board()._entries == {}
+        # And a withdrawal is seen at once by the server itself
+        await server.withdraw(entry)
+        assert await server.instances(topic) == []
+    finally:
+        await bystander.close()
+
+
+async def _echo(message: Message) -> bytes:
+    return message.data

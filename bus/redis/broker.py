@@ -26,6 +26,7 @@ from bus.errors import BrokerClosed
 from bus.message import Message, stored_age
 from bus.options import SubscriptionOptions
 from bus.presence import HEARTBEAT_TTL, Presence
+from bus.presence_keys import instance_of, storage_instance
 from bus.redis._pipeline import Pipeliner
 from bus.redis._scripts import Scripts
 from bus.redis._source import RedisSource
@@ -230,9 +231,9 @@ class RedisBroker(BaseBroker):
             beats, infos = _presence_keys(entry.name)
             commands += [
                 ("ZADD", "omnibus:presence:names", now, entry.name),
-                ("ZADD", beats, now, entry.instance),
+                ("ZADD", beats, now, storage_instance(entry)),
                 ("ZREMRANGEBYSCORE", beats, "-inf", now - keep),
-                ("HSET", infos, entry.instance, info),
+                ("HSET", infos, storage_instance(entry), info),
                 ("EXPIRE", beats, keep),
                 ("EXPIRE", infos, keep),
             ]
@@ -242,7 +243,8 @@ class RedisBroker(BaseBroker):
 
     async def _remove_presence(self, entry: Presence) -> None:
         beats, infos = _presence_keys(entry.name)
-        await self._send([("ZREM", beats, entry.instance), ("HDEL", infos, entry.instance)])
+        key = storage_instance(entry)
+        await self._send([("ZREM", beats, key), ("HDEL", infos, key)])
 
     async def _list_presence(self, name: str | None) -> list[Presence]:
         since = time.time() - HEARTBEAT_TTL
@@ -270,7 +272,7 @@ def _presences(name: str, live: list[Any], details: dict[bytes, bytes]) -> list[
         found.append(
             Presence(
                 name=name,
-                instance=instance.decode(),
+                instance=instance_of(instance.decode()),
                 address=info.get("address", ""),
                 started=float(info.get("started", beat)),
                 last_beat=float(beat),

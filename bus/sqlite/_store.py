@@ -19,6 +19,7 @@ import orjson
 from bus.errors import BrokerClosed
 from bus.message import Message
 from bus.presence import HEARTBEAT_TTL, Presence
+from bus.presence_keys import instance_of, storage_instance
 from bus.sqlite._schema import (
     SqliteDelivery,
     begin_immediate,
@@ -344,7 +345,14 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO presence (name, instance, address, started, last_beat, "
                 "metadata) VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (e.name, e.instance, e.address, e.started, now, encode_metadata(e.metadata))
+                    (
+                        e.name,
+                        storage_instance(e),
+                        e.address,
+                        e.started,
+                        now,
+                        encode_metadata(e.metadata),
+                    )
                     for e in entries
                 ],
             )
@@ -385,7 +393,7 @@ class SqliteStore:
         return [
             Presence(
                 name=r[0],
-                instance=r[1],
+                instance=instance_of(r[1]),
                 address=r[2],
                 started=r[3],
                 last_beat=r[4],

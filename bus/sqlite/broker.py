@@ -20,6 +20,7 @@ from bus.errors import BrokerClosed, BrokerError, BrokerUnavailable, PublishErro
 from bus.message import Message, stored_age
 from bus.options import SubscriptionOptions
 from bus.presence import HEARTBEAT_TTL, Presence
+from bus.presence_keys import storage_instance
 from bus.sqlite._doorbell import HELLO, Doorbell
 from bus.sqlite._schema import SqliteDelivery, encode_metadata
 from bus.sqlite._source import SqliteSource
@@ -349,7 +350,7 @@ class SqliteBroker(BaseBroker):
         await self.call(self.store.beat, entries)
 
     async def _remove_presence(self, entry: Presence) -> None:
-        await self.call(self.store.remove_presence, entry.name, entry.instance)
+        await self.call(self.store.remove_presence, entry.name, storage_instance(entry))
 
     async def _list_presence(self, name: str | None) -> list[Presence]:
         return await self.call(self.store.list_presence, name, time.time() - HEARTBEAT_TTL)
