@@ -21,7 +21,6 @@ UTF-8.  Where omnibus answers differently from Dapr, on purpose: an unknown ``co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -33,19 +32,21 @@ from starlette.routing import BaseRoute, Route
 
 from bus.errors import InvalidArgument
 from runtime.api.body import field, parse_json
+from runtime.api.state_requests import (
+    CONCURRENCY,
+    CONSISTENCY,
+    json_object,
+    option,
+    set_request,
+    state_key,
+    string_map,
+    transaction_step,
+)
 from runtime.errors import ERR_MALFORMED_REQUEST, ApiError, api_error
 from runtime.publish_api import query_metadata
 from state.errors import BulkError, ETagInvalid, ETagMismatch, NotSupported, StateError
 from state.service import StateClient
-from state.store import (
-    BulkItem,
-    Concurrency,
-    Consistency,
-    DeleteRequest,
-    Feature,
-    Item,
-    SetRequest,
-)
+from state.store import BulkItem, DeleteRequest, Feature, Item
 from state.wire import BulkGet, Delete, Get, Query, Result, Save, StoreNotFound, Transact
 from state.wire import Request as StateRequest
 
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 ERR_STATE_STORE_NOT_FOUND = "ERR_STATE_STORE_NOT_FOUND"
 ERR_STATE_STORE_NOT_CONFIGURED = "ERR_STATE_STORE_NOT_CONFIGURED"
 ERR_STATE_STORE_NOT_SUPPORTED = "ERR_STATE_STORE_NOT_SUPPORTED"
-ERR_NOT_SUPPORTED_STATE_OPERATION = "ERR_NOT_SUPPORTED_STATE_OPERATION"
 ERR_STATE_SAVE = "ERR_STATE_SAVE"
 ERR_STATE_GET = "ERR_STATE_GET"
 ERR_STATE_DELETE = "ERR_STATE_DELETE"
@@ -65,9 +65,6 @@ ERR_STATE_QUERY = "ERR_STATE_QUERY"
 
 _JSON = "application/json"
 _NO_CONTENT = Response(status_code=204)
-_TTL_MAX = 2**31 - 1
-_CONCURRENCY = {"": Concurrency.LAST_WRITE, **{c.value: c for c in Concurrency}}
-_CONSISTENCY = {"": Consistency.EVENTUAL, **{c.value: c for c in Consistency}}
 
 
 def routes(state: SidecarState) -> list[BaseRoute]:
@@ -155,7 +152,7 @@ class StateApi:
 
     async def _get(self, request: Request) -> Response:
         store, key = _store_and_key(request)
-        _option(_CONSISTENCY, request.query_params.get("consistency"), "consistency")
+        option(CONSISTENCY, request.query_params.get("consistency"), "consistency")
         item = await self._run(store, Get(key), ERR_STATE_GET)
         if not isinstance(item, Item):
             return _NO_CONTENT
@@ -176,8 +173,8 @@ class StateApi:
         delete = DeleteRequest(
             key=key,
             etag=request.headers.get("if-match") or None,
-            concurrency=_option(_CONCURRENCY, params.get("concurrency"), "concurrency"),
-            consistency=_option(_CONSISTENCY, params.get("consistency"), "consistency"),
+            concurrency=option(CONCURRENCY, params.get("concurrency"), "concurrency"),
+            consistency=option(CONSISTENCY, params.get("consistency"), "consistency"),
         )
         await self._run(store, Delete(delete), ERR_STATE_DELETE)
         return _NO_CONTENT
@@ -188,14 +185,14 @@ class StateApi:
 
     async def _bulk_get(self, request: Request) -> Response:
         store = _store(request)
-        payload = _object(parse_json(await request.body()), "the body")
+        payload = json_object(parse_json(await request.body()), "the body")
         keys = field(payload, "keys")
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise ApiError(400, ERR_MALFORMED_REQUEST, "keys must be an array of strings")
         parallelism = field(payload, "parallelism")
         if parallelism is not None and (type(parallelism) is not int or parallelism < 0):
             raise ApiError(400, ERR_MALFORMED_REQUEST, "parallelism must be a whole number")
-        _metadata(field(payload, "metadata"), "metadata")
+        string_map(field(payload, "metadata"), "metadata")
         found = await self._run(store, BulkGet(tuple(keys)), ERR_STATE_BULK_GET)
         entries = found if isinstance(found, list) else []
         return Response(orjson.dumps([_bulk_entry(e) for e in entries]), media_type=_JSON)
@@ -207,11 +204,11 @@ class StateApi:
     async def _transaction(self, request: Request) -> Response:
         store = _store(request)
         self._check_local(store, Feature.TRANSACTIONAL, "transactions")
-        payload = _object(parse_json(await request.body()), "the body")
+        payload = json_object(parse_json(await request.body()), "the body")
         operations = field(payload, "operations")
         if operations is not None and not isinstance(operations, list):
             raise ApiError(400, ERR_MALFORMED_REQUEST, "operations must be an array")
-        _metadata(field(payload, "metadata"), "metadata")
+        string_map(field(payload, "metadata"), "metadata")
         # as Dapr: the query's metadata.* is merged into each operation's (and wins)
         common = query_metadata(request.scope["query_string"])
         steps = tuple(transaction_step(op, common) for op in operations or [])
@@ -234,7 +231,7 @@ class StateApi:
     async def _query(self, request: Request) -> Response:
         store = _store(request)
         self._check_local(store, Feature.QUERY_API, "the query API")
-        payload = _object(parse_json(await request.body()), "the query")
+        payload = json_object(parse_json(await request.body()), "the query")
         result = await self._run(store, Query(payload), ERR_STATE_QUERY)
         if result is None or isinstance(result, Item | list) or not result.results:
             return _NO_CONTENT
@@ -250,101 +247,6 @@ async def _answer(handler: Any, request: Request, failure: str) -> Response:
         return response
     except Exception as exc:
         return state_error(exc, failure).response()
-
-
-def set_request(item: object, common: Mapping[str, str]) -> SetRequest:
-    """One item of a save body (or an upsert's request) as a store request, checked."""
-    entry = _object(item, "a state item")
-    key = _key(field(entry, "key"))
-    etag = field(entry, "etag")
-    if etag is not None and not isinstance(etag, str):
-        raise ApiError(400, ERR_MALFORMED_REQUEST, f"etag of key {key!r} must be a string")
-    metadata = {**_metadata(field(entry, "metadata"), "metadata"), **common}
-    options = _object(field(entry, "options") or {}, "options")
-    content_type = field(entry, "contentType") or metadata.get("contentType")
-    if content_type is not None and not isinstance(content_type, str):
-        raise ApiError(400, ERR_MALFORMED_REQUEST, "contentType must be a string")
-    return SetRequest(
-        key=key,
-        value=orjson.dumps(field(entry, "value")),
-        etag=etag or None,
-        concurrency=_option(_CONCURRENCY, field(options, "concurrency"), "concurrency"),
-        consistency=_option(_CONSISTENCY, field(options, "consistency"), "consistency"),
-        ttl=_ttl(metadata.get("ttlInSeconds")),
-        content_type=content_type,
-    )
-
-
-def delete_request(item: object) -> DeleteRequest:
-    """A transaction's delete request, checked."""
-    entry = _object(item, "a delete request")
-    etag = field(entry, "etag")
-    if etag is not None and not isinstance(etag, str):
-        raise ApiError(400, ERR_MALFORMED_REQUEST, "etag must be a string")
-    options = _object(field(entry, "options") or {}, "options")
-    return DeleteRequest(
-        key=_key(field(entry, "key")),
-        etag=etag or None,
-        concurrency=_option(_CONCURRENCY, field(options, "concurrency"), "concurrency"),
-        consistency=_option(_CONSISTENCY, field(options, "consistency"), "consistency"),
-    )
-
-
-def transaction_step(operation: object, common: Mapping[str, str]) -> SetRequest | DeleteRequest:
-    """One ``{"operation", "request"}`` of a transaction."""
-    entry = _object(operation, "a transaction operation")
-    name = field(entry, "operation")
-    request = field(entry, "request")
-    if name == "upsert":
-        return set_request(request, common)
-    if name == "delete":
-        return delete_request(request)
-    raise ApiError(400, ERR_NOT_SUPPORTED_STATE_OPERATION, f"operation type {name} not supported")
-
-
-def _object(value: object, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise ApiError(400, ERR_MALFORMED_REQUEST, f"{what} must be a JSON object")
-    return value
-
-
-def _key(key: object) -> str:
-    if not isinstance(key, str) or not key:
-        raise ApiError(400, ERR_MALFORMED_REQUEST, "key is missing or not a non-empty string")
-    return key
-
-
-def _metadata(value: object, what: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise ApiError(400, ERR_MALFORMED_REQUEST, f"{what} must be an object of strings")
-    return value
-
-
-def _option(choices: Mapping[str, Any], value: object, what: str) -> Any:
-    if value is None:
-        return choices[""]
-    if not isinstance(value, str) or value not in choices:
-        expected = ", ".join(repr(c) for c in choices if c)
-        raise ApiError(400, ERR_MALFORMED_REQUEST, f"{what}: expected {expected}, got {value!r}")
-    return choices[value]
-
-
-def _ttl(value: str | None) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        ttl = int(value)
-    except ValueError:
-        ttl = -2
-    if not -1 <= ttl <= _TTL_MAX:
-        raise ApiError(
-            400,
-            ERR_MALFORMED_REQUEST,
-            f"incorrect value for metadata ttlInSeconds: {value!r} (an integer >= -1)",
-        )
-    return -1 if ttl == 0 else ttl  # 0 means no expiry in Dapr's stores, as -1
 
 
 def _segments(request: Request) -> list[str]:
@@ -365,7 +267,7 @@ def _store_and_key(request: Request) -> tuple[str, str]:
     segments = _segments(request)
     if len(segments) < 5:
         return str(request.path_params["store"]), str(request.path_params["key"])
-    return segments[3], _key("/".join(segments[4:]))
+    return segments[3], state_key("/".join(segments[4:]))
 
 
 def rfc3339(moment: datetime) -> str:

@@ -1,0 +1,120 @@
+"""The bodies of Dapr's state requests: save items, transaction operations, options, TTLs.
+
+Read with :mod:`runtime.api.body`'s Go field matching; every problem is a 400
+``ERR_MALFORMED_REQUEST`` (:class:`~runtime.errors.ApiError`), except an unknown transaction
+operation, which is Dapr's 400 ``ERR_NOT_SUPPORTED_STATE_OPERATION``.  A JSON value becomes its
+JSON text; ``ttlInSeconds`` is an integer from -1 (never) to 2**31-1, 0 meaning no expiry as in
+Dapr's stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from runtime.api.body import field
+from runtime.errors import ERR_MALFORMED_REQUEST, ApiError
+from state.store import Concurrency, Consistency, DeleteRequest, SetRequest
+
+ERR_NOT_SUPPORTED_STATE_OPERATION = "ERR_NOT_SUPPORTED_STATE_OPERATION"
+
+_TTL_MAX = 2**31 - 1
+CONCURRENCY = {"": Concurrency.LAST_WRITE, **{c.value: c for c in Concurrency}}
+CONSISTENCY = {"": Consistency.EVENTUAL, **{c.value: c for c in Consistency}}
+
+
+def set_request(item: object, common: Mapping[str, str]) -> SetRequest:
+    """One item of a save body (or an upsert's request) as a store request, checked."""
+    entry = json_object(item, "a state item")
+    key = state_key(field(entry, "key"))
+    etag = field(entry, "etag")
+    if etag is not None and not isinstance(etag, str):
+        raise ApiError(400, ERR_MALFORMED_REQUEST, f"etag of key {key!r} must be a string")
+    metadata = {**string_map(field(entry, "metadata"), "metadata"), **common}
+    options = json_object(field(entry, "options") or {}, "options")
+    content_type = field(entry, "contentType") or metadata.get("contentType")
+    if content_type is not None and not isinstance(content_type, str):
+        raise ApiError(400, ERR_MALFORMED_REQUEST, "contentType must be a string")
+    return SetRequest(
+        key=key,
+        value=orjson.dumps(field(entry, "value")),
+        etag=etag or None,
+        concurrency=option(CONCURRENCY, field(options, "concurrency"), "concurrency"),
+        consistency=option(CONSISTENCY, field(options, "consistency"), "consistency"),
+        ttl=_ttl(metadata.get("ttlInSeconds")),
+        content_type=content_type,
+    )
+
+
+def delete_request(item: object) -> DeleteRequest:
+    """A transaction's delete request, checked."""
+    entry = json_object(item, "a delete request")
+    etag = field(entry, "etag")
+    if etag is not None and not isinstance(etag, str):
+        raise ApiError(400, ERR_MALFORMED_REQUEST, "etag must be a string")
+    options = json_object(field(entry, "options") or {}, "options")
+    return DeleteRequest(
+        key=state_key(field(entry, "key")),
+        etag=etag or None,
+        concurrency=option(CONCURRENCY, field(options, "concurrency"), "concurrency"),
+        consistency=option(CONSISTENCY, field(options, "consistency"), "consistency"),
+    )
+
+
+def transaction_step(operation: object, common: Mapping[str, str]) -> SetRequest | DeleteRequest:
+    """One ``{"operation", "request"}`` of a transaction."""
+    entry = json_object(operation, "a transaction operation")
+    name = field(entry, "operation")
+    request = field(entry, "request")
+    if name == "upsert":
+        return set_request(request, common)
+    if name == "delete":
+        return delete_request(request)
+    raise ApiError(400, ERR_NOT_SUPPORTED_STATE_OPERATION, f"operation type {name} not supported")
+
+
+def json_object(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ApiError(400, ERR_MALFORMED_REQUEST, f"{what} must be a JSON object")
+    return value
+
+
+def state_key(key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise ApiError(400, ERR_MALFORMED_REQUEST, "key is missing or not a non-empty string")
+    return key
+
+
+def string_map(value: object, what: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ApiError(400, ERR_MALFORMED_REQUEST, f"{what} must be an object of strings")
+    return value
+
+
+def option(choices: Mapping[str, Any], value: object, what: str) -> Any:
+    if value is None:
+        return choices[""]
+    if not isinstance(value, str) or value not in choices:
+        expected = ", ".join(repr(c) for c in choices if c)
+        raise ApiError(400, ERR_MALFORMED_REQUEST, f"{what}: expected {expected}, got {value!r}")
+    return choices[value]
+
+
+def _ttl(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        ttl = int(value)
+    except ValueError:
+        ttl = -2
+    if not -1 <= ttl <= _TTL_MAX:
+        raise ApiError(
+            400,
+            ERR_MALFORMED_REQUEST,
+            f"incorrect value for metadata ttlInSeconds: {value!r} (an integer >= -1)",
+        )
+    return -1 if ttl == 0 else ttl  # 0 means no expiry in Dapr's stores, as -1
