@@ -140,11 +140,9 @@ class InvokeRoute(BaseRoute):
             caller=state.app_id,
         )
         if "respond-async" in _preferences(request.headers.getlist("prefer")):
-            invocations = getattr(state, "invocations", None)
-            if invocations is None:
+            if state.invocations is None:
                 raise ApiError(501, ERR_DIRECT_INVOKE, "async invocations are not enabled")
-            response: Response = await invocations.submit(call, request)
-            return response
+            return await state.invocations.submit(call, request)
         if state.invoker is None:
             raise ApiError(500, ERR_DIRECT_INVOKE, "invoke API is not ready")
         reply = await state.invoker.invoke(call)
