@@ -20,7 +20,7 @@ from runtime.app import SidecarState, build_app
 from runtime.async_invocations import Invocations, StateResultStore, async_policy
 from runtime.middleware import ASGIApp
 from runtime.pubsubs import PubSubs
-from state import MemoryStore
+from state import Feature, MemoryStore
 from tests.helpers import eventually
 from tests.runtime_asgi import Component, call
 
@@ -258,3 +258,21 @@ def test_the_policy_comes_from_the_apps_resiliency_target() -> None:
     policy = async_policy([spec], "callee")
     assert policy.retry.max_attempts == 3 and policy.timeout == 3.0
     assert async_policy([spec], "other") == AsyncPolicy()
+
+
+class NoQueryStore(MemoryStore):
+    """A store without the query API, as state.redis."""
+
+    features = frozenset({Feature.ETAG, Feature.TTL})
+
+
+async def test_list_on_a_store_without_queries_is_501(sidecar: Sidecar) -> None:
+    invocations = sidecar.state.invocations
+    assert invocations is not None
+    invocations.client.results = Results(StateResultStore(NoQueryStore("r")), ttl=60)
+    iid = await sidecar.submit()
+    listed = await call(sidecar.app, "GET", "/v1.0-alpha1/invocations")
+    assert listed.status == 501
+    assert listed.json()["errorCode"] == "ERR_NOT_SUPPORTED"
+    got = await call(sidecar.app, "GET", f"/v1.0-alpha1/invocations/{iid}")
+    assert got.status == 202
