@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from bus.errors import ConfigError
 from bus.memory import MemoryBroker, MemoryHub
+from components.specs import ComponentSpec, Resources
 from runtime.app import SidecarState, build_app
 from runtime.middleware import ASGIApp
 from runtime.pubsubs import PubSubs
+from runtime.states import build_states
 from state.errors import StoreUnavailable
 from state.keys import KeyStrategy
 from state.memory import MemoryStore
@@ -361,3 +365,44 @@ async def test_metadata_lists_the_state_stores_with_their_features(sidecar: Side
     assert stores["statestore"]["capabilities"] == ["ETAG", "QUERY_API", "TRANSACTIONAL", "TTL"]
     assert stores["plain"]["capabilities"] == ["ETAG"]
     assert "remote" not in stores  # served by another sidecar
+
+
+def _resources(*components: ComponentSpec) -> Resources:
+    return Resources(components=components, subscriptions=(), resiliencies=())
+
+
+def test_build_states_reads_scopes_prefixes_and_the_feed(tmp_path: Path) -> None:
+    spec = ComponentSpec(
+        name="orders-store",
+        type="state.in-memory",
+        metadata={"keyPrefix": "name", "changeFeedPubsub": "pubsub", "changeFeedTopic": "t"},
+        scopes=("checkout",),
+        source="orders.yaml",
+    )
+    pubsub = Component("pubsub", MemoryBroker(MemoryHub()))
+    client = build_states(
+        _resources(spec), app_id=APP_ID, bus=None, pubsubs=[pubsub], home=tmp_path
+    )
+    service = client.local("orders-store")
+    assert service is not None
+    assert service.config.scopes == ("checkout",)
+    assert service.config.keys.for_app(APP_ID).storage_key("k") == "orders-store||k"
+    assert service.feed is not None and service.feed.settings.topic == "t"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "problem"),
+    [
+        ({"changeFeedPubsub": "missing", "changeFeedTopic": "t"}, "not loaded"),
+        ({"outboxPublishPubsub": "pubsub"}, "outboxPublishTopic"),
+        ({"keyPrefix": "a||b"}, "keyPrefix"),
+    ],
+)
+def test_build_states_names_the_file_of_a_bad_component(
+    tmp_path: Path, metadata: dict[str, str], problem: str
+) -> None:
+    spec = ComponentSpec("s", "state.in-memory", metadata=metadata, source="bad.yaml")
+    pubsub = Component("pubsub", MemoryBroker(MemoryHub()))
+    with pytest.raises(ConfigError, match=problem) as caught:
+        build_states(_resources(spec), app_id=APP_ID, bus=None, pubsubs=[pubsub], home=tmp_path)
+    assert str(caught.value).startswith("bad.yaml: ")
