@@ -369,3 +369,29 @@ async def test_publish_while_redis_is_down_raises_instead_of_losing(tmp_path: Pa
                 await broker.publish(unique(), [Message(data=b"down")])
     finally:
         server.kill()
+
+
+async def test_a_failed_trim_does_not_lose_reclaimed_entries(
+    redis_server: RedisServer, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an entry delivered to a consumer that died before acking it
+    topic, group = unique(), "g"
+    async with RedisBroker(redis_server.settings(redeliver_interval=0.3)) as broker:
+        await broker.publish(topic, [Message(data=b"orphan")])
+        await raw.xgroup_create(topic, group, id="0")
+        await raw.xreadgroup(group, "dead", {topic: ">"}, count=1)
+        # When the live consumer's periodic trim fails while it reclaims the entry
+        failures: list[int] = []
+
+        async def failing_trim(name: str) -> None:
+            failures.append(1)
+            raise BrokerError("trim failed")
+
+        monkeypatch.setattr(broker, "trim", failing_trim)
+        collector = Collector()
+        options = SubscriptionOptions(group=group, processing_timeout=0.5)
+        await broker.subscribe(topic, collector, options)
+        # Then the entry is delivered at the first reclaim, as its second attempt, not after
+        # a lost claim and a further processingTimeout
+        (got,) = await collector.wait_for(1)
+        assert failures and (got.data, got.attempt) == (b"orphan", 2)

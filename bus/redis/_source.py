@@ -15,6 +15,7 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
+from bus.errors import BrokerError
 from bus.message import Message
 from bus.options import SubscriptionOptions
 from bus.redis._scripts import Scripts
@@ -96,7 +97,10 @@ class RedisSource:
         try:
             now = time.monotonic()
             if now >= min(self._next_claim, self._next_due):
-                claimed = await self._claim(limit, idle=now >= self._next_claim)
+                idle = now >= self._next_claim
+                if idle:  # the periodic reclaim also trims what every group has acked
+                    await self._trim_quietly()
+                claimed = await self._claim(limit, idle=idle)
                 if claimed:
                     return claimed
             wake = min(self._next_claim, self._next_due) - time.monotonic()
@@ -159,10 +163,11 @@ class RedisSource:
                 self._min_idle_ms if idle else -1,
             ],
         )
+        # Nothing may be awaited from here on: the script has claimed the entries (and raised
+        # their delivery count), so losing them now would hide them for a processingTimeout.
         now = time.monotonic()
-        if idle:  # the periodic reclaim also trims what every group has acked
+        if idle:
             self._next_claim = now + self._interval
-            await self._broker.trim(self._topic)
         next_due_ms, trimmed = int(reply[0]), int(reply[1])
         stored_due = (
             math.inf if next_due_ms < 0 else now + max(0.0, next_due_ms / 1000 - time.time())
@@ -182,6 +187,13 @@ class RedisSource:
             )
             for i in range(0, len(rest), 3)
         ]
+
+    async def _trim_quietly(self) -> None:
+        """Trim before claiming, never after: a trim that fails must not lose claimed entries."""
+        try:
+            await self._broker.trim(self._topic)
+        except (rexc.RedisError, BrokerError) as exc:
+            log.warning("trimming %s failed (%s); claiming anyway", self._topic, exc)
 
     async def ack(self, deliveries: Sequence[RedisDelivery]) -> None:
         """One XACK for the whole batch; then trim the stream now and then."""
