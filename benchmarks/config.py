@@ -11,7 +11,7 @@ BACKENDS = ("sqlite", "redis", "rabbitmq")
 # The in-process backend can be measured bus-only (the delivery engine's own ceiling); two
 # sidecar processes cannot share it, so its HTTP scenarios are reported as skipped.
 EXTRA_BACKENDS = ("memory",)
-SCENARIOS = ("ingest", "e2e", "latency", "bus", "cost", "rpc", "state")
+SCENARIOS = ("ingest", "e2e", "latency", "bus", "cost", "rpc", "state", "invoke")
 SCENARIO_TITLES = {
     "ingest": "publish ingest over HTTP",
     "e2e": "end-to-end through two sidecars",
@@ -20,6 +20,7 @@ SCENARIO_TITLES = {
     "cost": "sidecar cost",
     "rpc": "request/reply, bus only",
     "state": "state over HTTP",
+    "invoke": "service invocation",
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -41,6 +41,7 @@ class LoadSpec:
     method: str = "POST"
     body: str | None = None
     keys: int = 0
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request, beside Content-Type
 
     def share(self, total: int, index: int) -> int:
         """Worker ``index``'s part of ``total`` (connections or messages)."""
@@ -188,7 +189,7 @@ class _Worker:
         return self.taken - 1
 
     async def _connection(self, session: aiohttp.ClientSession) -> None:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **dict(self.spec.headers)}
         while (seq := self._take()) is not None:
             if self.rate is not None:
                 delay = self.result.started + seq / self.rate - time.monotonic()

@@ -19,8 +19,8 @@ RUNNING = """\
 `omnibus bench` (or `python -m benchmarks`) runs every scenario on sqlite, redis and rabbitmq
 (`--backends memory,...` adds the in-process bus to the bus-only scenarios);
 `--quick` keeps the whole run short. `--backends redis,rabbitmq`, `--scenarios
-ingest,e2e,latency,bus,cost,rpc,state`, `--size`, `--duration`, `--rate`, `--messages` narrow it
-down;
+ingest,e2e,latency,bus,cost,rpc,state,invoke`, `--size`, `--duration`, `--rate`, `--messages`
+narrow it down;
 `--repeat N` runs every phase N times and reports each figure's median (this VM's run-to-run
 spread is wide: single runs a few minutes apart differed by up to 25% on the same figure);
 `--profile` adds py-spy summaries of the sidecars (the sampler shares the two cores, so
@@ -88,6 +88,17 @@ figure includes the cost of sharing them; ratios compare figures taken in the sa
    (HGETALL + PEXPIRETIME, one pipeline), and raw sqlite3 running the store's INSERT OR REPLACE
    and SELECT on Dapr's table layout (WAL, autocommit) on one worker thread. The HTTP ceiling is
    the bare Starlette endpoint of scenario 1.
+8. **Service invocation.** The callee app is the bare Starlette endpoint (it answers 204); the
+   generator POSTs the payload to it directly, then through a caller sidecar (no app) and a
+   callee sidecar (`--app-port` = the app) on the run's pubsub as the system bus
+   (`/v1.0/invoke/<callee>/method/<the app's path>`): calls/s with 32 requests in flight, and
+   p50/p99 of the round trips at the fixed rate, each compared with the direct call. Async
+   invocation (`Prefer: respond-async`): a fixed number of submissions with 32 in flight
+   (submissions/s), then the caller's sidecar polled every 0.1 s until none is pending
+   (completions/s from the first submission). Baseline on Redis: arq on the same redis-server
+   (32 enqueuers; a worker running 32 jobs at once with 10 ms polls, each job POSTing the payload
+   to the same app), until every result is fetched. arq is not in the bench extra (its
+   `redis<6` pin conflicts with omnibus's redis): `pip install --no-deps arq` to measure it.
 
 `--profile` runs py-spy on the sidecars during the ingest, end-to-end and fixed-rate phases
 (collapsed stacks `profile-<backend>-<phase>-<role>.txt` in the results directory, summaries

@@ -7,6 +7,7 @@ start); every child is terminated when the :class:`Children` context ends.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -147,11 +148,13 @@ class Children:
         if child in self.started:
             self.started.remove(child)
 
-    def spawn(self, name: str, argv: list[str], port: int) -> Child:
+    def spawn(
+        self, name: str, argv: list[str], port: int, env: dict[str, str] | None = None
+    ) -> Child:
         """Start ``argv`` with its output in ``<workdir>/<name>.log``."""
         log = self.workdir / f"{name}.log"
         with log.open("ab") as out:
-            popen = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            popen = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
         child = Child(name, popen, log, port)
         self.started.append(child)
         return child
@@ -198,6 +201,9 @@ class Children:
         argv += ["--log-level", "warning"]
         if app is not None:
             argv += ["--app-port", str(app.port)]
-        child = self.spawn(f"sidecar-{app_id}", argv, port)
+        # Its own OMNIBUS_HOME: the embedded buses and stores a sidecar keeps there (async
+        # invocation results) stay in the run's directory, shared by the run's sidecars only.
+        env = {**os.environ, "OMNIBUS_HOME": str(home)}
+        child = self.spawn(f"sidecar-{app_id}", argv, port, env)
         child.wait_ready("/v1.0/healthz")
         return child

@@ -25,6 +25,7 @@ from benchmarks.busonly import Drain, measure_bus, payloads
 from benchmarks.config import BenchConfig
 from benchmarks.goals import figure_rows
 from benchmarks.http_phases import HttpRun, measure_backend, measure_ceiling
+from benchmarks.invoke_bench import invoke_steps, measure_invoke
 from benchmarks.loadgen import LoadGenerator
 from benchmarks.machine import describe_machine
 from benchmarks.markdown import write_markdown
@@ -157,6 +158,8 @@ def _steps(config: BenchConfig, services: Services) -> int:
         steps += len(backends)
     if config.wants("state"):
         steps += state_steps(backends) + 2 * (not config.wants("ingest"))
+    if config.wants("invoke"):
+        steps += invoke_steps(backends)
     http = [b for b in backends if b != "memory"]
     if http and any(config.wants(s) for s in HTTP_SCENARIOS):
         steps += 2 + 6 * len(http)
@@ -343,7 +346,8 @@ async def _http_phases(
     wanted = [s for s in HTTP_SCENARIOS if config.wants(s)]
     backends = [b for b in config.backends if b in services.targets]
     state = config.wants("state") and any(b in STORES for b in backends)
-    if not (wanted or state) or not backends:
+    invoke = config.wants("invoke") and any(b != "memory" for b in backends)
+    if not (wanted or state or invoke) or not backends:
         return
     if "memory" in backends:
         for scenario in wanted:
@@ -351,7 +355,7 @@ async def _http_phases(
         backends.remove("memory")
     if importlib.util.find_spec("runtime.sidecar") is None:
         for backend in backends:
-            for scenario in wanted + ["state"] * state:
+            for scenario in wanted + ["state"] * state + ["invoke"] * invoke:
                 report.skip(scenario, backend, "runtime.sidecar is not installed")
         return
     if not backends:
@@ -367,6 +371,8 @@ async def _http_phases(
             )
         if state:
             await measure_state(run, _guarded)
+        if invoke:
+            await measure_invoke(run, _guarded)
 
 
 def generator_check(measurements: Sequence[Measurement], config: dict[str, Any]) -> dict[str, Any]:

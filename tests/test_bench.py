@@ -217,6 +217,56 @@ async def test_state_scenario_on_sqlite(tmp_path: Path) -> None:
     assert document["checks"]["errors"] == []
 
 
+def test_invocation_goals_allow_fixed_times_over_the_direct_call() -> None:
+    measurements = [
+        Measurement("invoke", "direct", "p50", 0.5, "ms"),
+        Measurement("invoke", "direct", "p99", 1.0, "ms"),
+        Measurement("invoke", "redis", "p50", 1.8, "ms"),
+        Measurement("invoke", "redis", "p99", 6.0, "ms"),
+        Measurement("invoke", "redis", "async completions/s", 900.0, "calls/s"),
+        Measurement("invoke", "arq", "async completions/s", 1000.0, "calls/s"),
+    ]
+    rows = {(r["variant"], r["baseline"]): r for r in figure_rows(measurements)}
+    assert rows[("p50", "direct/p50")]["met"] is True  # +1.3 ms of 1.5
+    assert rows[("p99", "direct/p99")]["met"] is False  # +5 ms of 4
+    completions = rows[("async completions/s", "arq/async completions/s")]
+    assert completions["met"] is False and completions["ratio"] == pytest.approx(0.9)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_invoke_scenario_on_sqlite(tmp_path: Path) -> None:
+    # Given: the invocation scenario alone, through two sidecars on the embedded bus
+    config = BenchConfig(
+        backends=("sqlite",),
+        scenarios=("invoke",),
+        messages=600,
+        ingest_duration=0.5,
+        latency_duration=1.0,
+        rate=200,
+        connections=4,
+        generators=1,
+        output=tmp_path / "results",
+        plots=False,
+        quick=True,
+    )
+    # When
+    with (tmp_path / "console.txt").open("w") as out:
+        document = await run_bench(config, Console(file=out, width=140))
+    # Then: the direct call and the sidecars' figures, sync and async, without failed requests
+    assert document["skipped"] == []
+    found = {(m["subject"], m["variant"]): m for m in document["measurements"]}
+    for subject in ("direct", "sqlite"):
+        assert found[(subject, "calls/s (32 in flight)")]["value"] > 0
+        p50, p99 = found[(subject, "p50")], found[(subject, "p99")]
+        assert 0 < p50["value"] <= p99["value"] and p50["details"]["calls"] > 0
+    submitted = found[("sqlite", "async submissions/s")]
+    completed = found[("sqlite", "async completions/s")]
+    assert submitted["details"]["requests"] == 200  # max(200, messages // 3)
+    assert 0 < completed["value"] <= submitted["value"]  # completions follow submissions
+    assert document["checks"]["errors"] == []
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(180)
 async def test_quick_run_on_sqlite_writes_json_plots_and_markdown(tmp_path: Path) -> None:
