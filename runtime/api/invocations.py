@@ -21,8 +21,10 @@ Beyond Dapr (which has no async invocation).  What a caller sees:
   500 ``ERR_DIRECT_INVOKE`` body when the app could not be reached); a cancelled invocation
   answers 200 ``{"id", "status": "cancelled"}`` with ``dapr-invocation-status: cancelled``;
   an unknown (or expired) id 404 ``ERR_INVOCATION_NOT_FOUND``.
-- ``DELETE /v1.0-alpha1/invocations/{id}``: cancels a pending invocation (200 with its summary);
-  409 ``ERR_INVOCATION_NOT_PENDING`` if it already finished; 404 if unknown.
+- ``DELETE /v1.0-alpha1/invocations/{id}``: cancels a pending invocation (200 with its summary,
+  again for one already cancelled); 409 ``ERR_INVOCATION_NOT_PENDING`` if it completed or failed;
+  404 if unknown.  The callee skips a cancelled invocation when it shares the result store (one
+  machine, or one Redis); otherwise it may still run it, and its result is discarded.
 - ``GET /v1.0-alpha1/invocations[?status=pending]``: ``{"invocations": [{id, callee, method,
   verb, status, created, finished, attempts}]}``, oldest first.  Needs a result store with
   queries (the default sqlite one, in-memory, postgres); on others 501 ``ERR_NOT_SUPPORTED``.
