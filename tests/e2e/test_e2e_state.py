@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.e2e.conftest import Cluster, Sidecar, component, wait_until
+from tests.e2e.conftest import Cluster, PubSubKind, Sidecar, component, wait_until
 
 
 def _statestore(cluster: Cluster, tmp_path: Path, scopes: tuple[str, ...] = ()) -> Path:
@@ -181,3 +182,28 @@ def test_the_change_feed_reports_every_change_across_a_sigkill_of_the_writer(
 
     wait_until(lambda: not missing(), timeout=60, what="an event for every acknowledged save")
     assert len(acked) == 200
+
+
+def test_a_store_is_reached_over_every_bus_backend(cluster: Cluster, pubsub: PubSubKind) -> None:
+    # the component named "pubsub" is the system bus of both sidecars; a store name unique to the
+    # test, so its topic (removed from shared brokers afterwards) is too
+    name = f"store-{uuid.uuid4().hex[:8]}"
+    cluster.topics.add(f"omnibus.state.{name}")
+    cluster.app_ids.add("omnibus-call")  # the group every call-mode server joins
+    store = component(name, "state.in-memory", {})
+    cluster.sidecar(cluster.app_id("server"), cluster.resources(pubsub.component(), store))
+    client = cluster.sidecar(cluster.app_id("client"), cluster.resources(pubsub.component()))
+
+    save(client, "k", {"n": 1}, store=name)
+    reply = get(client, "k", store=name)
+    assert reply.json() == {"n": 1}
+    ops = [
+        {"operation": "upsert", "request": {"key": "k2", "value": 2}},
+        {"operation": "delete", "request": {"key": "k"}},
+    ]
+    done = client.post(f"/v1.0/state/{name}/transaction", json={"operations": ops})
+    assert done.status_code == 204, done.text
+    bulk = client.post(f"/v1.0/state/{name}/bulk", json={"keys": ["k", "k2"]}).json()
+    assert bulk[0] == {"key": "k"} and bulk[1]["data"] == 2
+    stale = client.post(f"/v1.0/state/{name}", json=[{"key": "k2", "value": 3, "etag": "999"}])
+    assert stale.status_code == 409 and stale.json()["errorCode"] == "ERR_STATE_SAVE"
