@@ -432,3 +432,22 @@ async def test_concurrent_first_writes_let_exactly_one_win(store: StateStore, ke
     results = await asyncio.gather(*saves, return_exceptions=True)
     assert sum(isinstance(r, str) for r in results) == 1
     assert all(isinstance(r, ETagMismatch) for r in results if not isinstance(r, str))
+
+
+async def test_concurrent_transactions_with_one_etag_let_exactly_one_win(
+    store: StateStore, key: Key
+) -> None:
+    etag = await store.set(SetRequest(key("tx"), b"0"))
+    transactions = [
+        store.transact(
+            [SetRequest(key("tx"), str(i).encode(), etag=etag), SetRequest(key(f"w{i}"), b"1")]
+        )
+        for i in range(8)
+    ]
+    results = await asyncio.gather(*transactions, return_exceptions=True)
+    assert sum(r is None for r in results) == 1
+    assert all(isinstance(r, ETagMismatch) for r in results if r is not None)
+    winner = results.index(None)
+    found = await store.bulk_get([key("tx"), *(key(f"w{i}") for i in range(8))])
+    assert found[0].item is not None and found[0].item.value == str(winner).encode()
+    assert [e.item is not None for e in found[1:]] == [i == winner for i in range(8)]
