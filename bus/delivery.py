@@ -161,10 +161,10 @@ class Dispatcher(Generic[D]):
         self._slot_free.set()
 
     async def _watch_deadlines(self) -> None:
-        timeout = self._options.processing_timeout
+        interval = self._options.watchdog_interval  # the lease allows for this lateness
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(min(timeout / 10, 1.0))
+            await asyncio.sleep(interval)
             now = loop.time()
             for task, deadline in self._deadlines.items():
                 if deadline <= now and task not in self._expired:

@@ -116,7 +116,7 @@ class _MemorySource:
         if group is None:
             group = self._topic.groups[options.group] = _Group(cursor=self._topic.first_seq())
         self._group = group
-        self._lease = options.processing_timeout
+        self._lease = options.lease
         self._closed = False
 
     async def fetch(self, limit: int) -> Sequence[_MemoryDelivery]:

@@ -102,9 +102,10 @@ class SubscriptionOptions:
     """How one group consumes one topic.
 
     ``concurrency`` bounds the handlers running at once, ``batch_size`` the messages fetched in
-    one read; ``processing_timeout`` is both the handler deadline and the lease after which an
-    unacknowledged delivery is given to another consumer. ``dead_letter_topic`` defaults to
-    ``<topic>.deadletter``.
+    one read; ``processing_timeout`` is the handler deadline.  The :attr:`lease` after which an
+    unacknowledged delivery is given to another consumer outlives it: the deadline watchdog's
+    granularity plus time to settle, so two consumers never run one message at once.
+    ``dead_letter_topic`` defaults to ``<topic>.deadletter``.
     """
 
     group: str
@@ -124,6 +125,18 @@ class SubscriptionOptions:
             raise InvalidArgument("processingTimeout must be positive")
         if self.dead_letter_topic is not None:
             validate_topic(self.dead_letter_topic)
+
+    @property
+    def watchdog_interval(self) -> float:
+        """How often the handler deadlines are checked: a time-out fires at most this late."""
+        return min(self.processing_timeout / 10, 1.0)
+
+    @property
+    def lease(self) -> float:
+        """How long a backend holds a delivery for its consumer: the deadline, the watchdog's
+        lateness and a margin to settle (half the deadline, at most a second)."""
+        margin = min(self.processing_timeout / 2, 1.0)
+        return self.processing_timeout + self.watchdog_interval + margin
 
     def dead_letter_for(self, topic: str) -> str:
         """The topic that receives this subscription's dead letters."""

@@ -116,3 +116,12 @@ async def test_backoff_retrying_retries_the_named_errors_then_gives_up() -> None
 
 async def _raise_key_error() -> None:
     raise KeyError("x")
+
+
+@pytest.mark.parametrize("timeout", [0.2, 0.5, 5.0, 60.0, 3600.0])
+def test_a_lease_outlives_the_handler_deadline_and_the_watchdogs_lateness(timeout: float) -> None:
+    options = SubscriptionOptions(group="g", processing_timeout=timeout)
+    assert options.watchdog_interval <= 1.0
+    # the watchdog cancels a handler at most one interval late; the lease leaves a margin more
+    assert options.lease > timeout + options.watchdog_interval
+    assert options.lease <= timeout + 2.0

@@ -299,7 +299,7 @@ def test_a_drained_backlog_gives_its_space_back(tmp_path: Path) -> None:
             store.write([("t", [Message(data=payload) for _i in range(1000)])], [])
         size = store.db.execute("PRAGMA page_count").fetchone()[0]
         while deliveries := store.claim("t", "g", "c", 1000, 30.0)[0]:
-            store.ack("t", "g", [d.seq for d in deliveries])
+            store.ack("t", "g", [d.seq for d in deliveries], "c")
         # When it is trimmed and the periodic sweep runs
         assert store.trim(["t"]) == 12_000
         store.sweep()
@@ -325,3 +325,26 @@ async def test_max_len_caps_a_topic_nobody_reads(tmp_path: Path) -> None:
         await collector.wait_for(100)
         await asyncio.sleep(0.2)
     assert collector.ids == [m.id for m in sent[-100:]]
+
+
+def test_a_late_ack_does_not_delete_the_lease_of_the_next_holder(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "bus.db", busy_timeout=1.0)
+    store.open()
+    try:
+        store.ensure_group("t", "g")
+        store.write([("t", [Message(data=b"x")])], [])
+        # Given a delivery whose lease ran out on consumer a and that consumer b then took
+        [first] = store.claim("t", "g", "a", 1, 0.01)[0]
+        time.sleep(0.05)  # the lease itself is what is under test: let it run out
+        [second] = store.claim("t", "g", "b", 1, 30.0)[0]
+        assert (first.seq, second.message.attempt) == (second.seq, 2)
+        # When a acks (or dead-letters) late
+        store.ack("t", "g", [first.seq], "a")
+        store.dead_letter("t", "g", first.seq, "t.deadletter", "a")
+        # Then b still holds it, and nothing was dead-lettered
+        assert store.db.execute("SELECT consumer FROM deliveries").fetchall() == [("b",)]
+        assert store.retained("t.deadletter") == 0
+        store.ack("t", "g", [second.seq], "b")
+        assert store.db.execute("SELECT COUNT(*) FROM deliveries").fetchone() == (0,)
+    finally:
+        store.close(None)

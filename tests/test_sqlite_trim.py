@@ -25,7 +25,7 @@ def test_a_chunked_trim_deletes_at_most_a_chunk_of_acked_messages_per_topic(
         # Given 25 messages held by a consumer and 25 acked ones
         assert len(store.claim("held", "g", "c", 25, 30.0)[0]) == 25
         batch = store.claim("acked", "g", "c", 25, 30.0)[0]
-        store.ack("acked", "g", [d.seq for d in batch])
+        store.ack("acked", "g", [d.seq for d in batch], "c")
         # When trimmed in chunks of 10, then only acked messages go, at most 10 per call
         counts = [store.trim(["held", "acked"], chunk=10) for _ in range(4)]
         assert counts == [10, 10, 5, 0]

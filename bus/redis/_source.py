@@ -61,7 +61,7 @@ class RedisSource:
         self._group = options.group
         self._consumer = broker.instance
         self._retry_key = f"omnibus:retry:{topic}:{options.group}"
-        self._min_idle_ms = int(options.processing_timeout * 1000)
+        self._min_idle_ms = int(options.lease * 1000)
         settings = broker.settings
         self._interval = settings.redeliver_interval
         self._block = max(0.001, min(1.0, settings.read_timeout / 2))

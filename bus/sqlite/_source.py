@@ -45,7 +45,7 @@ class SqliteSource:
         self._broker = broker
         self._topic = topic
         self._group = options.group
-        self._lease = options.processing_timeout
+        self._lease = options.lease
         self._consumer = f"{broker.instance}.{uuid.uuid4().hex[:8]}"
         self.wake = asyncio.Event()
         self._closed = False
@@ -81,7 +81,8 @@ class SqliteSource:
 
     async def ack(self, deliveries: Sequence[SqliteDelivery]) -> None:
         seqs = [d.seq for d in deliveries]
-        await self._broker.call(self._broker.store.ack, self._topic, self._group, seqs)
+        store = self._broker.store
+        await self._broker.call(store.ack, self._topic, self._group, seqs, self._consumer)
         self._broker.touched(self._topic)
 
     async def retry(self, delivery: SqliteDelivery, delay: float) -> None:
@@ -93,7 +94,9 @@ class SqliteSource:
 
     async def dead_letter(self, delivery: SqliteDelivery, topic: str) -> None:
         store = self._broker.store
-        await self._broker.call(store.dead_letter, self._topic, self._group, delivery.seq, topic)
+        await self._broker.call(
+            store.dead_letter, self._topic, self._group, delivery.seq, topic, self._consumer
+        )
         self._broker.touched(self._topic)
         self._broker.changed(topic)
 

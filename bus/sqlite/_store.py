@@ -203,12 +203,16 @@ class SqliteStore:
         )
         return [SqliteDelivery(row_message(row[1:], topic, 1), row[0]) for row in rows]
 
-    def ack(self, topic: str, group: str, seqs: Sequence[int]) -> None:
-        """Forget the deliveries of ``seqs``: their messages are done for the group."""
+    def ack(self, topic: str, group: str, seqs: Sequence[int], consumer: str) -> None:
+        """Forget the deliveries of ``seqs`` that ``consumer`` still holds: done for the group.
+
+        A delivery whose lease ran out and that another consumer took is that consumer's now:
+        a late ack must not delete its lease.
+        """
         with self.transaction() as db:
             db.executemany(
-                "DELETE FROM deliveries WHERE topic = ? AND grp = ? AND seq = ?",
-                [(topic, group, seq) for seq in seqs],
+                "DELETE FROM deliveries WHERE topic = ? AND grp = ? AND seq = ? AND consumer = ?",
+                [(topic, group, seq, consumer) for seq in seqs],
             )
 
     def retry(self, topic: str, group: str, seq: int, consumer: str, delay: float) -> None:
@@ -220,19 +224,21 @@ class SqliteStore:
                 (time.time() + delay, topic, group, seq, consumer),
             )
 
-    def dead_letter(self, topic: str, group: str, seq: int, target: str) -> None:
-        """Copy the message to ``target`` and forget its delivery, in one transaction."""
+    def dead_letter(self, topic: str, group: str, seq: int, target: str, consumer: str) -> None:
+        """Copy the message to ``target`` and forget its delivery, in one transaction (only
+        while ``consumer`` holds it, as for :meth:`ack`)."""
         with self.transaction() as db:
-            db.execute(
-                "INSERT INTO messages (topic, id, data, metadata, reply_to, correlation_id, "
-                "created) SELECT ?, id, data, metadata, reply_to, correlation_id, ? "
-                "FROM messages WHERE seq = ?",
-                (target, time.time(), seq),
-            )
-            db.execute(
-                "DELETE FROM deliveries WHERE topic = ? AND grp = ? AND seq = ?",
-                (topic, group, seq),
-            )
+            held = db.execute(
+                "DELETE FROM deliveries WHERE topic = ? AND grp = ? AND seq = ? AND consumer = ?",
+                (topic, group, seq, consumer),
+            ).rowcount
+            if held:
+                db.execute(
+                    "INSERT INTO messages (topic, id, data, metadata, reply_to, correlation_id, "
+                    "created) SELECT ?, id, data, metadata, reply_to, correlation_id, ? "
+                    "FROM messages WHERE seq = ?",
+                    (target, time.time(), seq),
+                )
 
     def release(self, topic: str, group: str, consumer: str, seqs: Sequence[int] | None) -> None:
         """Make held deliveries due now; ``seqs=None``: every one this consumer never handled."""
