@@ -1,8 +1,8 @@
 """The Dapr query language (:mod:`state.query`) translated to PostgreSQL's jsonb operators.
 
-Values are ``bytea``; the function ``omnibus_jsonb(bytea)`` (created with the tables, returning
-NULL for values that are not JSON text) turns them into jsonb.  Key paths and values are bound
-parameters.  The ordering matches :func:`state.query.sort_documents`: absent and null first, then
+Values are ``bytea``; the function ``<state table>_jsonb(bytea)`` (created with the tables,
+returning NULL for values that are not JSON text) turns them into jsonb.  Key paths and values
+are bound parameters.  The ordering matches :func:`state.query.sort_documents`: absent and null first, then
 booleans, numbers, strings (by code point, ``COLLATE "C"``) and the rest, ties by key.
 """
 
@@ -15,7 +15,7 @@ import orjson
 from state.query import And, Eq, Filter, In, Or, Query
 
 JSONB_FUNCTION = """
-CREATE OR REPLACE FUNCTION omnibus_jsonb(value bytea) RETURNS jsonb
+CREATE OR REPLACE FUNCTION {name}(value bytea) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
   RETURN convert_from(value, 'UTF8')::jsonb;
@@ -23,6 +23,12 @@ EXCEPTION WHEN others THEN
   RETURN NULL;
 END $$
 """
+
+
+def jsonb_function(table: str) -> str:
+    """The name of the table's bytea-to-jsonb function, in the table's schema."""
+    return f"{table}_jsonb"
+
 
 _RANK = (
     "CASE jsonb_typeof(doc #> {p}) WHEN 'boolean' THEN 1 WHEN 'number' THEN 2 "
@@ -60,7 +66,7 @@ def select_sql(table: str, query: Query, key_prefix: str) -> tuple[str, list[Any
     prefix = params.add(key_prefix)
     sql = (
         "SELECT key, value, etag, expires_at FROM ("
-        f"SELECT key, value, etag, expires_at, omnibus_jsonb(value) AS doc FROM {table} "
+        f"SELECT key, value, etag, expires_at, {jsonb_function(table)}(value) AS doc FROM {table} "
         f"WHERE left(key, length({prefix})) = {prefix} "
         "AND (expires_at IS NULL OR expires_at >= now())) AS rows WHERE doc IS NOT NULL"
     )

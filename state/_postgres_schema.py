@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from bus.errors import ConfigError
-from state._postgres_query import JSONB_FUNCTION
+from state._postgres_query import JSONB_FUNCTION, jsonb_function
 
 # libpq key=value names -> asyncpg.connect keyword arguments.
 _LIBPQ = {
@@ -135,16 +135,18 @@ async def migrate(conn: Any, table: str, metadata_table: str, prefix: str) -> No
                 "ON CONFLICT (key) DO UPDATE SET value = '2'",
                 level_key,
             )
-    await _ensure_jsonb_function(conn)
+    await _ensure_jsonb_function(conn, table)
 
 
-async def _ensure_jsonb_function(conn: Any) -> None:
-    """Create omnibus_jsonb(bytea) for queries unless it exists (it is shared by all tables)."""
-    if await conn.fetchval("SELECT to_regprocedure('omnibus_jsonb(bytea)') IS NOT NULL"):
+async def _ensure_jsonb_function(conn: Any, table: str) -> None:
+    """Create the table's bytea-to-jsonb function for queries unless it exists."""
+    name = jsonb_function(table)
+    exists = "SELECT to_regprocedure($1) IS NOT NULL"
+    if await conn.fetchval(exists, f"{name}(bytea)"):
         return
     try:
-        await conn.execute(JSONB_FUNCTION)
+        await conn.execute(JSONB_FUNCTION.format(name=name))
     except asyncpg.PostgresError:
         # Another store created it at the same moment; only its absence would be a problem.
-        if not await conn.fetchval("SELECT to_regprocedure('omnibus_jsonb(bytea)') IS NOT NULL"):
+        if not await conn.fetchval(exists, f"{name}(bytea)"):
             raise

@@ -19,7 +19,7 @@ Rows past ``expires_at`` are invisible at once and deleted every ``cleanupInterv
 1 h; 0 disables) by whichever process claims the last-cleanup row first, as in Dapr.  Saves
 check their etag or first-write condition in the same statement that writes; a transaction runs
 its statements in one database transaction.  Queries (which Dapr's v2 store lacks) read the
-values as jsonb through the function ``omnibus_jsonb(bytea)``, created next to the tables.
+values as jsonb through the function ``<state table>_jsonb(bytea)``, created with the tables.
 ``tableName`` (an omnibus extension) names the state table outright instead of
 ``<tablePrefix>state``.  A first-write save of an existing key is an ETagMismatch, as on every
 store here (Dapr v2 reports a generic error).

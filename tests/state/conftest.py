@@ -96,6 +96,7 @@ async def drop_postgres_tables(store: PostgresStore) -> None:
     async with store.pool.acquire() as conn:
         await conn.execute(f"DROP TABLE IF EXISTS {store.settings.state_table}")
         await conn.execute(f"DROP TABLE IF EXISTS {store.settings.metadata_table}")
+        await conn.execute(f"DROP FUNCTION IF EXISTS {store.settings.state_table}_jsonb(bytea)")
 
 
 @pytest.fixture(scope="session")
