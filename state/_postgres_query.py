@@ -2,8 +2,8 @@
 
 Values are ``bytea``; the function ``<state table>_jsonb(bytea)`` (created with the tables,
 returning NULL for values that are not JSON text) turns them into jsonb.  Key paths and values
-are bound parameters.  The ordering matches :func:`state.query.sort_documents`: absent and null first, then
-booleans, numbers, strings (by code point, ``COLLATE "C"``) and the rest, ties by key.
+are bound parameters.  The ordering matches :func:`state.query.sort_documents`: absent and null
+first, then booleans, numbers, strings (by code point, ``COLLATE "C"``) and the rest, ties by key.
 """
 
 from __future__ import annotations
