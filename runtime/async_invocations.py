@@ -14,7 +14,8 @@ keys as in :mod:`invoke.results`), else an embedded ``state.sqlite`` on
 
 The retry policy and time-out of the app's async invocations come from the Resiliency policy of
 ``targets.apps.<this app id>`` in this (the callee's) sidecar's resources, since the callee's
-sidecar runs the retries; else the bus's default retries (10 attempts) and a 60 s time-out.
+sidecar runs the retries; else the bus's default retries (10 attempts) and a 60 s time-out.  At most
+32 async invocations run in the app at once, or ``--app-max-concurrency`` if that is set.
 """
 
 from __future__ import annotations
@@ -143,8 +144,11 @@ def result_store(name: str | None, resources: Resources, home: Path) -> StateSto
     raise ConfigError(f"--invocation-store: no state component named {name!r} (loaded: {known})")
 
 
-def async_policy(resiliencies: Sequence[ResiliencySpec], app_id: str) -> AsyncPolicy:
-    """The policy of ``app_id``'s async invocations (see the module docstring)."""
+def async_policy(
+    resiliencies: Sequence[ResiliencySpec], app_id: str, max_concurrency: int = -1
+) -> AsyncPolicy:
+    """The policy of ``app_id``'s async invocations (see the module docstring); a positive
+    ``--app-max-concurrency`` also bounds the async invocations in the app at once."""
     policy = AsyncPolicy()
     retry = timeout = None
     for resiliency in resiliencies:
@@ -156,7 +160,7 @@ def async_policy(resiliencies: Sequence[ResiliencySpec], app_id: str) -> AsyncPo
     return AsyncPolicy(
         retry=retry or policy.retry,
         timeout=timeout if timeout else policy.timeout,
-        concurrency=policy.concurrency,
+        concurrency=max_concurrency if max_concurrency > 0 else policy.concurrency,
     )
 
 
@@ -173,7 +177,7 @@ async def start_invocations(
     except BaseException:
         await store.close()
         raise
-    policy = async_policy(resources.resiliencies, config.app_id)
+    policy = async_policy(resources.resiliencies, config.app_id, config.app_max_concurrency)
     return Invocations(client=client, store=store, broker=broker, policy=policy)
 
 

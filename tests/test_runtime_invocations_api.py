@@ -258,6 +258,7 @@ def test_the_policy_comes_from_the_apps_resiliency_target() -> None:
     policy = async_policy([spec], "callee")
     assert policy.retry.max_attempts == 3 and policy.timeout == 3.0
     assert async_policy([spec], "other") == AsyncPolicy()
+    assert async_policy([], "other", max_concurrency=4).concurrency == 4
 
 
 class NoQueryStore(MemoryStore):
