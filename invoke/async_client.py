@@ -186,7 +186,8 @@ class AsyncClient:
         if meaning is None:
             return Outcome.SUCCESS
         status, response = meaning
-        attempts = int(reply.metadata.get(ATTEMPT_KEY, "0") or 0)
+        raw_attempt = reply.metadata.get(ATTEMPT_KEY, "")
+        attempts = int(raw_attempt) if raw_attempt.isdigit() else 0
         if not attempts:
             attempts = await self.results.attempts(reply.id)
 
