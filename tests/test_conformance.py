@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from bus.broker import BaseBroker, Subscription
 from bus.message import Message, Outcome
 from bus.options import RetryPolicy, SubscriptionOptions
 from tests.backends import BackendEnv
@@ -26,6 +27,30 @@ def opts(group: str = "g1", **kwargs: object) -> SubscriptionOptions:
 
 def batch(n: int, prefix: str = "m") -> list[Message]:
     return [Message(data=f"{prefix}{i}".encode(), metadata={"i": str(i)}) for i in range(n)]
+
+
+# A handler deadline short enough that waiting out its lease is cheap (see nothing_comes_back).
+SHORT = 0.5
+
+
+async def nothing_comes_back(
+    broker: BaseBroker, topic: str, subscription: Subscription, options: SubscriptionOptions
+) -> None:
+    """Fail if the group of ``subscription`` would get anything of ``topic`` again.
+
+    Stops the subscription (its acks are flushed; RabbitMQ requeues whatever is unacked), waits
+    out the lease (a lost ack becomes due again) and subscribes the group afresh: every backend
+    hands out what is due before new messages, so once a sentinel published now arrives,
+    anything that was coming back has arrived first.
+    """
+    await subscription.stop()
+    await asyncio.sleep(options.lease)  # the lease is the behaviour under test, not a guess
+    fresh = Collector()
+    await broker.subscribe(topic, fresh, options)
+    sentinel = Message(data=b"sentinel")
+    await broker.publish(topic, [sentinel])
+    await fresh.wait_for(1, timeout=20)
+    assert fresh.ids == [sentinel.id], "a settled message came back"
 
 
 # -- invariant 1: a publish returns only after the broker holds the message durably ---------
@@ -97,10 +122,11 @@ async def test_invariant_2_unacked_delivery_is_redelivered_to_the_group(
 async def test_invariant_2_success_is_acked_once(make_broker: MakeBroker, topic: str) -> None:
     broker = await make_broker()
     collector = Collector()
-    await broker.subscribe(topic, collector, opts())
+    options = opts(processing_timeout=SHORT)
+    subscription = await broker.subscribe(topic, collector, options)
     await broker.publish(topic, batch(20))
     await collector.wait_for(20)
-    await asyncio.sleep(0.5)
+    await nothing_comes_back(broker, topic, subscription, options)
     assert len(collector.seen) == 20, "a message acked as SUCCESS came back"
 
 
@@ -187,15 +213,16 @@ async def test_invariant_4_drop_goes_to_the_configured_dead_letter_topic(
 ) -> None:
     broker = await make_broker()
     dropper = Collector(lambda m: Outcome.DROP)
-    await broker.subscribe(topic, dropper, opts(dead_letter_topic=f"{topic}.poison"))
+    options = opts(dead_letter_topic=f"{topic}.poison", processing_timeout=SHORT)
+    dropping = await broker.subscribe(topic, dropper, options)
     dead = Collector()
     await broker.subscribe(f"{topic}.poison", dead, opts(group="dlq-reader"))
     sent = batch(3)
     await broker.publish(topic, sent)
     await dead.wait_for(3)
     assert sorted(dead.ids) == sorted(m.id for m in sent)
-    await asyncio.sleep(0.5)
-    assert len(dropper.seen) == 3
+    await nothing_comes_back(broker, topic, dropping, options)
+    assert len(dropper.seen) == 3 and len(dead.seen) == 3
 
 
 async def test_dead_letter_published_before_anyone_reads_it_is_kept(
@@ -266,13 +293,13 @@ async def test_invariant_7_trimming_keeps_what_a_slow_group_needs(
     assert sorted(slow.ids) == sorted(m.id for m in sent)
     if env.retained is not None:
         retained = env.retained
-        # And once both groups acked everything, storage shrinks
-        await eventually(lambda: _below(retained(topic), 200), timeout=30, interval=0.5)
+        # And once both groups acked everything, the storage of the topic is empty
+        await eventually(lambda: _equal(retained(topic), 0), timeout=30, interval=0.5)
 
 
-async def _below(count: object, limit: int) -> bool:
+async def _equal(count: object, expected: int) -> bool:
     value = await count  # type: ignore[misc]
-    return bool(value < limit)
+    return bool(value == expected)
 
 
 # -- groups ---------------------------------------------------------------------------------
