@@ -58,7 +58,7 @@ def add_invoke(commands: Commands) -> None:
         help="invoke a method of an app through a sidecar",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         epilog="example: omnibus invoke --app-id nodeapp --method neworder "
-        "--data '{\"data\": {\"orderId\": 1}}'",
+        '--data \'{"data": {"orderId": 1}}\'',
     )
     parser.add_argument("--app-id", required=True, help="the app to invoke")
     parser.add_argument("--method", required=True, help="the method (path, may hold a query)")
@@ -76,9 +76,7 @@ def add_invoke(commands: Commands) -> None:
     parser.add_argument(
         "--wait", action="store_true", help="with --async: wait for the result and print it"
     )
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, metavar="SECONDS", help="default 60"
-    )
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="default 60")
     _resources_option(parser)
     parser.set_defaults(handler=run_invoke)
 
