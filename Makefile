@@ -9,8 +9,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The Node app of the end-to-end tests (express, like Dapr's quickstarts); npm's hidden lockfile
 # marks a finished `npm ci`. Without npm the Node test is skipped locally and fails under CI=true.
-NODE_APP := tests/apps/node
-NODE_DEPS := $(NODE_APP)/node_modules/.package-lock.json
+# Also Dapr's hello-world Node app (examples/hello-world), run unchanged by its end-to-end test.
+NODE_APPS := tests/apps/node examples/hello-world/node
+NODE_DEPS := $(addsuffix /node_modules/.package-lock.json,$(NODE_APPS))
 
 .PHONY: install test lint typecheck pytest demo bench clean
 
@@ -20,9 +21,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-$(NODE_DEPS): $(NODE_APP)/package-lock.json
-	if command -v npm >/dev/null 2>&1; then npm ci --prefix $(NODE_APP) --no-audit --no-fund; \
-	else echo "npm not found: $(NODE_APP) is not installed"; fi
+$(NODE_DEPS): %/node_modules/.package-lock.json: %/package-lock.json
+	if command -v npm >/dev/null 2>&1; then npm ci --prefix $* --no-audit --no-fund; \
+	else echo "npm not found: $* is not installed"; fi
 
 install: $(STAMP) $(NODE_DEPS)
 
