@@ -33,6 +33,7 @@ BULK_EVENT_TYPE = "com.dapr.event.sent.bulk"
 SPEC_VERSION = "1.0"
 DEFAULT_CONTENT_TYPE = "text/plain"
 RAW_CONTENT_TYPE = "application/octet-stream"
+MAX_TTL_SECONDS = 100 * 365 * 24 * 3600
 
 _BINARY_TYPES = frozenset(
     {"application/octet-stream", "application/x-protobuf", "application/protobuf"}
@@ -137,6 +138,8 @@ def parse_ttl(value: str | None) -> int | None:
         raise RequestMetadataError(f"ttlInSeconds: {value!r} is not an integer") from None
     if ttl < 0:
         raise RequestMetadataError(f"ttlInSeconds: {ttl} must not be negative")
+    if ttl > MAX_TTL_SECONDS:  # an expiration past what a timestamp holds is no expiration
+        raise RequestMetadataError(f"ttlInSeconds: {ttl} exceeds {MAX_TTL_SECONDS} (100 years)")
     return ttl
 
 

@@ -111,3 +111,15 @@ def test_app_answers_match_fields_as_go_does() -> None:
         b'{"Statuses": [{"EntryID": "a", "Status": "SUCCESS"}, {"entryid": "b", "STATUS": "DROP"}]}'
     )
     assert entry_outcomes(200, answer, ["a", "b"]) == {"a": Outcome.SUCCESS, "b": Outcome.DROP}
+
+
+@pytest.mark.parametrize("ttl", ["99999999999999999999", "3153600001", "-1", "soon"])
+async def test_unusable_ttls_are_request_metadata_errors(
+    api: tuple[ASGIApp, MemoryBroker], ttl: str
+) -> None:
+    app, _ = api
+    reply = await call(
+        app, "POST", f"/v1.0/publish/pubsub/t?metadata.ttlInSeconds={ttl}", body=b"x"
+    )
+    assert reply.status == 400, reply.body
+    assert reply.json()["errorCode"] == "ERR_PUBSUB_REQUEST_METADATA"
