@@ -31,11 +31,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+from benchmarks.backends import rabbit_names
 from benchmarks.http_phases import HttpRun, percentiles
 from benchmarks.loadgen import LoadResult
 from benchmarks.payload import PayloadFactory
 from benchmarks.processes import Child, get_json
 from benchmarks.report import Report
+from bus.rpc import CALL_GROUP
+from invoke.async_client import RESULTS_TOPIC_PREFIX
+from invoke.call import ASYNC_TOPIC_PREFIX, CALL_TOPIC_PREFIX
 
 APP_PATH = "/v1.0/publish/pubsub/invoke"  # a path the ceiling app answers with 204
 IN_FLIGHT = 32
@@ -103,6 +107,8 @@ async def _through_sidecars(run: HttpRun, backend: str, app: Child) -> None:
     callee_id = f"bench-callee-{run.run_id}-{backend}"
     caller_id = f"bench-caller-{run.run_id}-{backend}"
     run.step(f"{backend}: starting the invocation sidecars")
+    if backend == "rabbitmq":
+        _forget_rabbit(run, callee_id, caller_id)
     callee = run.children.sidecar(callee_id, target, app=app, home=run.home)
     caller = run.children.sidecar(caller_id, target, home=run.home)
     try:
@@ -115,6 +121,16 @@ async def _through_sidecars(run: HttpRun, backend: str, app: Child) -> None:
     finally:
         for child in (caller, callee):
             run.children.stop(child)
+
+
+def _forget_rabbit(run: HttpRun, callee_id: str, caller_id: str) -> None:
+    """Every queue and exchange the two sidecars may declare, deleted when the run ends."""
+    topics = [CALL_TOPIC_PREFIX + callee_id, ASYNC_TOPIC_PREFIX + callee_id]
+    topics += [RESULTS_TOPIC_PREFIX + app_id for app_id in (callee_id, caller_id)]
+    for topic in topics:
+        for group in (CALL_GROUP, callee_id, caller_id):
+            for kind, name in rabbit_names(topic, group):
+                run.services.forget_rabbit(kind, name)
 
 
 def _until_answered(url: str) -> None:
