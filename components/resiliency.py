@@ -23,7 +23,8 @@ Which policy applies to a pubsub component's inbound side: ``targets.components.
 else Dapr's reserved names ``DefaultPubsubComponentInbound<Kind>Policy``,
 ``DefaultComponentInbound<Kind>Policy``, ``DefaultComponent<Kind>Policy``, ``Default<Kind>Policy``
 (Kind = Retry, Timeout or CircuitBreaker), first found over the loaded Resiliency files in load
-order.  An app target (service invocation) uses ``targets.apps.<id>``, else
+order.  A circuit breaker on a component's ``outbound`` side is refused: nothing would enforce
+it.  An app target (service invocation) uses ``targets.apps.<id>``, else
 ``DefaultAppCircuitBreakerPolicy`` / ``DefaultCircuitBreakerPolicy`` (and likewise for the others).
 
 Circuit breakers (:class:`CircuitBreaker`) behave as Dapr's (sony/gobreaker): closed, every
@@ -79,7 +80,7 @@ def parse_resiliency(doc: Field, *, name: str, scopes: tuple[str, ...]) -> Resil
             }
         )
         for component, field in targets.child("components").items()
-        if _only(field, _DIRECTIONS)
+        if _only(field, _DIRECTIONS) and _no_outbound_breaker(field)
     }
     apps = {app: _target(field, defined) for app, field in targets.child("apps").items()}
     return ResiliencySpec(
@@ -250,6 +251,18 @@ def _breaker(field: Field) -> CircuitBreakerSpec:
         timeout=field.child("timeout").duration(defaults.timeout),
         trip=trip,
     )
+
+
+def _no_outbound_breaker(field: Field) -> bool:
+    # Nothing would enforce it (publishes and state calls have no breaker); refused rather than
+    # accepted and ignored.
+    breaker = field.child("outbound").child("circuitBreaker")
+    if breaker.present:
+        raise breaker.error(
+            "circuit breakers apply to a component's inbound side and to apps only; "
+            "move it to inbound or remove it"
+        )
+    return True
 
 
 def _only(field: Field, allowed: Sequence[str]) -> bool:

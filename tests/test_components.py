@@ -514,7 +514,7 @@ def test_circuit_breaker_names_may_be_targeted(tmp_path: Path) -> None:
     text = (
         RESILIENCY
         + "  policies:\n    circuitBreakers:\n      cb: {}\n"
-        + "  targets:\n    components:\n      pubsub:\n        outbound: {circuitBreaker: cb}\n"
+        + "  targets:\n    components:\n      pubsub:\n        inbound: {circuitBreaker: cb}\n"
     )
     (resiliency,) = load_text(tmp_path, text).resiliencies
-    assert resiliency.components["pubsub"]["outbound"] == {"circuitBreaker": "cb"}
+    assert resiliency.components["pubsub"]["inbound"] == {"circuitBreaker": "cb"}

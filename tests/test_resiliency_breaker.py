@@ -152,3 +152,11 @@ def test_interval_clears_the_counts_of_a_closed_breaker() -> None:
     breaker.allow()
     breaker.record(False)
     assert breaker.state is BreakerState.CLOSED
+
+
+def test_an_outbound_breaker_is_refused_not_ignored(tmp_path: Path) -> None:
+    text = RESILIENCY.replace(
+        "{inbound: {circuitBreaker: pubsubCB}}", "{outbound: {circuitBreaker: pubsubCB}}"
+    )
+    with pytest.raises(ConfigError, match="outbound.circuitBreaker: circuit breakers apply to"):
+        load(tmp_path, text)
