@@ -316,3 +316,48 @@ async def test_request_reply_and_presence_survive_a_connection_cut(
         assert [p.instance for p in await client.instances(topic)] == [server.instance]
         await client.close()  # while the proxy still forwards
         await server.close()
+
+
+async def test_held_messages_with_a_reused_id_are_all_replayed(
+    rabbit: MakeRabbit, topic: str
+) -> None:
+    # Given three messages held before anyone subscribed, published with one cloudevent id
+    broker = await rabbit()
+    sent = [Message(data=f"m{i}".encode(), id="same-id") for i in range(3)]
+    await broker.publish(topic, sent)
+    # When the first group subscribes
+    collector = Collector()
+    await broker.subscribe(topic, collector, SubscriptionOptions(group="g"))
+    # Then it gets all three, not only the first of that id
+    got = await collector.wait_for(3)
+    assert sorted(m.data for m in got) == [b"m0", b"m1", b"m2"]
+
+
+async def test_a_refused_rung_declaration_leaves_publishing_alone(
+    rabbit: MakeRabbit, topic: str
+) -> None:
+    # Given a delay rung that exists with other arguments than ours (declared by someone else)
+    broker = await rabbit()
+    group = "g"
+    rung = retry_queue_name(queue_name(group, topic), 100)
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    try:
+        channel = await connection.channel()
+        await channel.declare_queue(rung, durable=True)
+        broker.declared_queues.add(rung)
+    finally:
+        await connection.close()
+    # When a handler asks for a retry, whose rung declaration RabbitMQ refuses
+    retried = Collector(lambda m: Outcome.RETRY)
+    policy = RetryPolicy(max_attempts=5, initial_interval=0.05, max_interval=0.05, jitter=0.0)
+    options = SubscriptionOptions(group=group, retry=policy)
+    await broker.subscribe(topic, retried, options)
+    await broker.publish(topic, [Message(data=b"x")])
+    await retried.wait_for(1)
+    # Then publishing on the broker's shared channel keeps working
+    other = f"{topic}.other"
+    collector = Collector()
+    await broker.subscribe(other, collector, SubscriptionOptions(group="h"))
+    for i in range(20):
+        await broker.publish(other, [Message(data=str(i).encode())])
+    assert len(await collector.wait_for(20)) == 20

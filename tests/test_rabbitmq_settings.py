@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 import pytest
 
-from bus.errors import InvalidName
+from bus.errors import BrokerError, InvalidName
 from bus.message import Message
 from bus.rabbitmq import (
     RETRY_LADDER_MS,
@@ -15,7 +14,7 @@ from bus.rabbitmq import (
     queue_name,
     retry_queue_name,
 )
-from bus.rabbitmq._source import ACK_BATCH, ACK_LINGER, RabbitDelivery, RabbitSource
+from bus.rabbitmq._source import RabbitDelivery, RabbitSource
 from bus.rabbitmq._wire import retry_rung
 
 
@@ -33,9 +32,19 @@ def test_retry_rung_never_shortens_the_backoff() -> None:
     assert retry_rung(0.4) == 500
     assert retry_rung(1.0) == 1000
     assert retry_rung(7) == 10_000
-    assert retry_rung(10 * 3600) == RETRY_LADDER_MS[-1]
-    for delay in (0.1, 0.3, 2.5, 59, 299):
-        assert retry_rung(delay) >= delay * 1000
+    assert retry_rung(10 * 3600) == RETRY_LADDER_MS[-1]  # capped at the top rung
+
+
+def test_retry_rung_is_at_most_two_and_a_half_times_the_backoff() -> None:
+    # what the ladder's comment promises, for every backoff from 100 ms to the top rung
+    wanted = 100.0
+    while wanted <= RETRY_LADDER_MS[-1]:
+        for ms in (wanted, wanted + 1, wanted * 1.001):
+            if ms <= RETRY_LADDER_MS[-1]:
+                rung = retry_rung(ms / 1000)
+                assert ms <= rung <= 2.5 * ms, (ms, rung)
+        wanted *= 1.07
+    assert retry_rung(60.001) <= 150 * 1000
 
 
 @dataclass(eq=False)
@@ -45,7 +54,11 @@ class _Channel:
     is_closed: bool = False
     acks: list[tuple[int, bool]] = field(default_factory=list)
 
+    fail: bool = False
+
     async def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        if self.fail:
+            raise ConnectionError("connection reset")
         self.acks.append((delivery_tag, multiple))
 
 
@@ -59,36 +72,27 @@ def _source_with(channel: _Channel, tags: list[int]) -> tuple[RabbitSource, list
 async def test_acks_of_a_settled_prefix_are_one_multiple_ack() -> None:
     channel = _Channel()
     source, d = _source_with(channel, [1, 2, 3, 4, 5, 6])
-    # 1..3 settled while 4 still runs: nothing sent until the flush, then one multiple ack
+    # 1..3 settled while 4 still runs: one multiple ack, sent at once (the Dispatcher lingers)
     await source.ack([d[2], d[0], d[1]])
-    assert channel.acks == []
-    await source.flush_acks()
     assert channel.acks == [(3, True)]
     # 6 settles before 4 and 5: acked alone (4 is still unsettled)
     await source.ack([d[5]])
-    await source.flush_acks()
     assert channel.acks[-1] == (6, False)
     # 4 and 5 settle: everything below the lowest unsettled tag again, in one frame
     await source.ack([d[3], d[4]])
-    await source.flush_acks()
     assert channel.acks[-1] == (5, True)
     assert source._unsettled[channel] == {}  # type: ignore[index]
-
-
-async def test_acks_flush_by_themselves_after_a_batch_or_a_linger() -> None:
-    channel = _Channel()
-    source, d = _source_with(channel, list(range(1, ACK_BATCH + 3)))
-    await source.ack(d[:ACK_BATCH])  # a full batch goes out at once
-    assert channel.acks == [(ACK_BATCH, True)]
-    await source.ack(d[ACK_BATCH:])  # a smaller one after the linger
-    assert channel.acks == [(ACK_BATCH, True)]
-    await asyncio.sleep(ACK_LINGER * 4)
-    assert channel.acks == [(ACK_BATCH, True), (ACK_BATCH + 2, True)]
 
 
 async def test_acks_on_a_lost_channel_are_skipped() -> None:
     channel = _Channel(is_closed=True)
     source, deliveries = _source_with(channel, [1, 2])
-    await source.ack(deliveries)
-    await source.flush_acks()  # the broker redelivers them: nothing to send
+    await source.ack(deliveries)  # the broker redelivers them: nothing to send
     assert channel.acks == []
+
+
+async def test_an_ack_that_cannot_be_sent_is_an_error_not_swallowed() -> None:
+    channel = _Channel(fail=True)
+    source, deliveries = _source_with(channel, [1])
+    with pytest.raises(BrokerError, match="acks on t lost"):
+        await source.ack(deliveries)

@@ -19,10 +19,13 @@ topic or group can never contain, so our own objects never collide with a user's
   ``enableDeadLetter`` also ``x-dead-letter-exchange = dlx-<queue>`` and queue ``dlq-<queue>``
   (Dapr's names) which collect what RabbitMQ itself discards (overflow, expired ``ttlInSeconds``).
 - ``<queue>@retry@<ms>``: delay queues (d) of the retry ladder :data:`RETRY_LADDER_MS`, one per rung
+  (a retry waits on the smallest rung at least as long as its backoff: never shorter, at most
+  2.5 times longer, at least 100 ms; a backoff over 30 minutes is capped at 30 minutes)
   and group queue, ``x-message-ttl = ms``, dead-lettering to the default exchange with routing key
   ``<queue>``: a retried message comes back to its own group only, never through the fanout.
   ``x-expires`` removes an idle rung ``EXPIRE_AFTER_MS`` after its last use (every retry
-  re-declares its rung first, so a waiting message always outlives its queue's expiry).
+  re-declares its rung first, on a channel of its own since a refused declaration closes the
+  channel it was sent on, so a waiting message always outlives its queue's expiry).
 - ``omnibus@presence``: fanout exchange (auto-delete) carrying presence beats, withdrawals and
   probes; each broker listens on an exclusive server-named queue and keeps the table locally.
   ``omnibus@presence@roll``: auto-delete queue that every announcing broker consumes (never
@@ -38,9 +41,11 @@ queues carry only a boolean ``redelivered`` flag, so a delivery the broker hands
 a crash, a lost connection or a hand-back at shutdown) counts as ``omnibus-attempt + 1``; a retry
 re-publishes with the attempt it computed, plus one.
 
-Consuming: manual acks, one channel per subscription with ``basic.qos(prefetchCount)``; settled
-deliveries are acked together (after ``ACK_BATCH`` of them or ``ACK_LINGER``): the contiguous prefix
-of delivery tags in one ``multiple=True`` ack, tags above a still-running handler one by one.
+Consuming: manual acks, one channel per subscription with ``basic.qos(prefetchCount)``; the
+Dispatcher batches settled deliveries (its ack linger), and the source acks each batch at once:
+the contiguous prefix of delivery tags in one ``multiple=True`` ack, tags above a still-running
+handler one by one.  An ack that cannot be sent is an error the Dispatcher logs (RabbitMQ
+redelivers those messages).
 ``connect_robust`` re-opens channels and re-declares exchanges, queues, bindings and consumers
 after a reconnect; deliveries of the dead channel are not acked (the broker redelivers
 them).  A handler time-out (``processingTimeout``) is the Dispatcher's: it counts as RETRY; an

@@ -13,7 +13,7 @@ from typing import Protocol
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 
-from bus.errors import BrokerClosed
+from bus.errors import BrokerClosed, BrokerError
 from bus.message import STORED_MS, Message
 from bus.rabbitmq._wire import CLOSE_TIMEOUT, decode, retry_rung
 from bus.rpc import MODE_KEY, RequestMode
@@ -30,11 +30,6 @@ class QueueHost(Protocol):
 
 
 log = logging.getLogger("omnibus.bus.rabbitmq")
-
-# Acks of settled deliveries go out once ACK_BATCH are waiting or ACK_LINGER seconds passed: one
-# frame for many (a crash in between only means redeliveries, which at-least-once allows).
-ACK_BATCH = 50
-ACK_LINGER = 0.005
 
 
 _CALL = RequestMode.CALL.value
@@ -71,10 +66,6 @@ class RabbitSource:
         self._arrived: dict[AbstractIncomingMessage, float] = {}  # buffered calls: arrival time
         # delivery tags handed to handlers and not settled yet, per AMQP channel, in tag order
         self._unsettled: dict[aiormq.abc.AbstractChannel, dict[int, None]] = {}
-        self._to_ack: dict[aiormq.abc.AbstractChannel, list[int]] = {}
-        self._acks_waiting = 0
-        self._linger: asyncio.TimerHandle | None = None
-        self._flushes: set[asyncio.Task[None]] = set()
         self._consumer_tag: str | None = None
         self._closed = False
 
@@ -113,28 +104,15 @@ class RabbitSource:
         return out
 
     async def ack(self, deliveries: Sequence[RabbitDelivery]) -> None:
-        """Settle ``deliveries``; acks go out in one flush per ``ACK_BATCH`` or ``ACK_LINGER``."""
+        """Ack ``deliveries`` now (the Dispatcher already lingers to batch them): one
+        multiple-ack for the settled prefix of tags, the tags above a running handler alone.
+
+        An ack that cannot be sent raises :class:`BrokerError`; RabbitMQ then redelivers.
+        """
+        batches: dict[aiormq.abc.AbstractChannel, list[int]] = {}
         for delivery in deliveries:
             self._unsettled.get(delivery.channel, {}).pop(delivery.tag, None)
-            self._to_ack.setdefault(delivery.channel, []).append(delivery.tag)
-        self._acks_waiting += len(deliveries)
-        if self._acks_waiting >= ACK_BATCH:
-            await self.flush_acks()
-        elif self._linger is None and self._acks_waiting:
-            self._linger = asyncio.get_running_loop().call_later(ACK_LINGER, self._flush_later)
-
-    def _flush_later(self) -> None:
-        self._linger = None
-        task = asyncio.create_task(self.flush_acks())
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
-
-    async def flush_acks(self) -> None:
-        """Send the acks of settled deliveries: one multiple-ack for the settled prefix of tags."""
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
-        batches, self._to_ack, self._acks_waiting = self._to_ack, {}, 0
+            batches.setdefault(delivery.channel, []).append(delivery.tag)
         for channel, tags in batches.items():
             if channel.is_closed:  # the broker requeued them when the channel went
                 self._unsettled.pop(channel, None)
@@ -147,8 +125,8 @@ class RabbitSource:
                     await channel.basic_ack(prefix[-1], multiple=True)
                 for tag in tags[len(prefix) :]:
                     await channel.basic_ack(tag)
-            except (aiormq.exceptions.AMQPError, ConnectionError):
-                log.warning("acks lost with their channel; RabbitMQ redelivers those messages")
+            except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
+                raise BrokerError(f"acks on {self._topic} lost with their channel: {exc}") from exc
 
     async def retry(self, delivery: RabbitDelivery, delay: float) -> None:
         message = replace(delivery.message, attempt=delivery.message.attempt + 1)
@@ -183,9 +161,6 @@ class RabbitSource:
             return
         self._closed = True
         self._buffer.put_nowait(None)
-        await self.flush_acks()
-        if self._flushes:
-            await asyncio.wait(self._flushes)
         # bounded: with the broker unreachable the robust channel would wait for a reconnect
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_TIMEOUT):

@@ -19,9 +19,24 @@ from bus.rabbitmq.settings import RabbitSettings
 
 ATTEMPT_HEADER = "omnibus-attempt"
 REPLY_TO = "amq.rabbitmq.reply-to"
-# Delay queues, in ms; a retry waits on the smallest rung >= the wanted delay (the top rung when
-# the wanted delay is longer), so a backoff is never shortened and at most ~2.5x longer.
-RETRY_LADDER_MS = (100, 250, 500, 1000, 2000, 5000, 10_000, 30_000, 60_000, 300_000, 1_800_000)
+# Delay queues, in ms; a retry waits on the smallest rung >= the wanted delay.  Each rung is at
+# most 2.5 times the one below, so a backoff of at least 100 ms is never shortened and at most
+# 2.5 times longer; shorter ones wait 100 ms, longer than the top rung (30 min) are capped at it.
+RETRY_LADDER_MS = (
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10_000,
+    25_000,
+    60_000,
+    150_000,
+    300_000,
+    750_000,
+    1_800_000,
+)
 EXPIRE_AFTER_MS = 3_600_000
 PUBLISH_TIMEOUT = 30.0
 # Bounds what may wait for a reconnect on the way out (and presence messages, which expire anyway)

@@ -65,6 +65,7 @@ class RabbitBroker(BaseBroker):
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._inbox_channel: AbstractRobustChannel | None = None
+        self._rungs: AbstractRobustChannel | None = None  # declares the delay ladder's rungs
         self._topics: set[str] = set()
         self._topic_args: dict[str, dict[str, Any] | None] = {}
         self._topic_lock = asyncio.Lock()
@@ -95,7 +96,7 @@ class RabbitBroker(BaseBroker):
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(CLOSE_TIMEOUT):
                     await self._connection.close()
-        self._connection = self._channel = self._inbox_channel = None
+        self._connection = self._channel = self._inbox_channel = self._rungs = None
 
     def _conn(self) -> AbstractRobustConnection:
         if self._connection is None:
@@ -184,12 +185,20 @@ class RabbitBroker(BaseBroker):
                 "x-dead-letter-routing-key": queue,
                 "x-expires": ms + EXPIRE_AFTER_MS,
             }
-            # re-declared before every use: it resets x-expires and recreates a deleted rung
-            await channel.declare_queue(
+            # Re-declared before every use: it resets x-expires and recreates a deleted rung.  On
+            # a channel of its own: a refused declaration (PRECONDITION_FAILED) closes the
+            # channel it was sent on, which must not be the one every publish uses.
+            declaring = await self._rung_channel()
+            await declaring.declare_queue(
                 target, durable=self.settings.durable, arguments=arguments, robust=False
             )
             self.declared_queues.add(target)
         await send(channel, "", target, [message], self.settings, mandatory=True)
+
+    async def _rung_channel(self) -> AbstractRobustChannel:
+        if self._rungs is None or self._rungs.is_closed:
+            self._rungs = await self._conn().channel(publisher_confirms=False)
+        return self._rungs
 
     # -- subscribing --------------------------------------------------------------------------
 
@@ -232,14 +241,15 @@ class RabbitBroker(BaseBroker):
         """Send messages held while nobody was bound to the topic's exchange, then ack them."""
         channel = await self._conn().channel(publisher_confirms=False)
         try:
-            held = await channel.get_queue(held_name(topic), ensure=False)
+            held = await channel.declare_queue(held_name(topic), passive=True, robust=False)
+            # Exactly what was held now: a forwarded message that comes back (nobody bound after
+            # all) lands behind them.  Not by message id, which publishers may reuse.
+            waiting = int(held.declaration_result.message_count or 0)
             taken: list[AbstractIncomingMessage] = []
-            forwarded: set[str] = set()
-            while True:
+            for _ in range(waiting):
                 raw = await held.get(no_ack=False, fail=False)
-                if raw is None or raw.message_id in forwarded:  # came back: nobody is bound
+                if raw is None:
                     break
-                forwarded.add(raw.message_id or "")
                 taken.append(raw)
                 if len(taken) >= 500:
                     await self._forward(topic, taken)
