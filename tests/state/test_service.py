@@ -264,3 +264,19 @@ async def test_a_failed_feed_publish_fails_the_call_after_the_commit(bus: Bus) -
         assert await bus.store.get("orders||k") is not None
     finally:
         await server.close()
+
+
+async def test_values_cross_the_bus_byte_for_byte(bus: Bus) -> None:
+    server = await _serve(bus, StoreConfig(keys=KeyStrategy(store=STORE)))
+    remote = StateClient("billing", bus.remote)
+    try:
+        raw = bytes(range(256)) * 3
+        request = SetRequest("bin", raw, is_binary=True, content_type="application/octet-stream")
+        await remote.call(STORE, Save((request, SetRequest("empty", b""))))
+        item = await remote.get(STORE, "bin")
+        assert item is not None and item.value == raw
+        assert item.content_type == "application/octet-stream"
+        empty = await remote.get(STORE, "empty")
+        assert empty is not None and empty.value == b""
+    finally:
+        await server.close()
