@@ -27,7 +27,9 @@ MARKDOWN = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``omnibus bench``."""
     parser.add_argument(
-        "--quick", action="store_true", help="small counts and short phases (< 2 minutes)"
+        "--quick",
+        action="store_true",
+        help="small counts and short phases (a few minutes for every scenario)",
     )
     parser.add_argument(
         "--backends",
