@@ -303,7 +303,11 @@ def test_a_drained_backlog_gives_its_space_back(tmp_path: Path) -> None:
         # When it is trimmed and the periodic sweep runs
         assert store.trim(["t"]) == 12_000
         store.sweep()
-        # Then the file shrinks instead of keeping the backlog's pages
+        steps = 0
+        while store.vacuum_step():
+            steps += 1
+        # Then the file shrinks instead of keeping the backlog's pages, a chunk at a time
+        assert steps > 1
         assert store.db.execute("PRAGMA page_count").fetchone()[0] < size / 4
     finally:
         store.close(None)

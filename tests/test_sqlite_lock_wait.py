@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bus.message import Message
+from bus.sqlite import SqliteBroker, SqliteSettings
 from bus.sqlite._store import SqliteStore
 
 
@@ -52,3 +55,27 @@ def test_transaction_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
     with store.transaction() as db:  # the lock is free again
         db.execute("DELETE FROM doorbells")
     store.close(None)
+
+
+async def test_a_publish_outwaits_a_lock_held_longer_than_the_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    # Given another process that holds the write lock for longer than busyTimeout
+    settings = SqliteSettings(path=tmp_path / "bus.db", busy_timeout=0.2)
+    async with SqliteBroker(settings) as broker:
+        holder = _holder(tmp_path / "bus.db")
+        try:
+            # When a publish comes in meanwhile
+            publishing = asyncio.create_task(broker.publish("t", [Message(data=b"x")]))
+            await asyncio.sleep(0.5)  # the lock is held: that wait is what is under test
+            assert not publishing.done()
+            # Then the database thread is free for other calls while the publish waits
+            started = time.monotonic()
+            await broker.call(broker.store.data_version)
+            assert time.monotonic() - started < 0.2
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        # And the publish succeeds once the lock is free: contention alone never fails it
+        await asyncio.wait_for(publishing, 5)
+        assert await broker.retained("t") == 1

@@ -39,7 +39,11 @@ insert and the delete of its delivery share one transaction, so they are lost or
 Concurrency: each broker owns one connection, used only on one dedicated thread, so the event
 loop never blocks.  Concurrent publishes of one event-loop tick are grouped into one transaction;
 each publish returns after the commit of its group.  Claims run in ``BEGIN IMMEDIATE``
-transactions, so competing consumers (in any process) never hold the same lease at once.
+transactions, so competing consumers (in any process) never hold the same lease at once.  One
+attempt waits at most 50 ms for another process's write lock, then the thread serves the calls
+queued behind it and the call is tried again (until ``busyTimeout``; a publish until it gets the
+lock: contention alone never fails it).  A drained backlog's free pages go back to the system a
+megabyte per write transaction, so other writers get the lock in between.
 
 Wake-ups: a commit in this process wakes this process's consumers of the topic at once.  After a
 commit that may give others work (publish, reply, retry, release, dead letter), a broker also

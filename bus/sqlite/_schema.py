@@ -148,10 +148,21 @@ def _prepare(db: sqlite3.Connection, path: Path, busy_timeout: float) -> None:
 
 LOCK_WAIT_FIRST = 0.00005  # seconds between the first attempts to take the write lock
 LOCK_WAIT_MAX = 0.0005  # and at most between later ones
+# The longest one attempt waits for the write lock on the database thread; the broker retries
+# a busy call after that, so its other calls (acks, claims, beats) are not stuck behind it.
+LOCK_SLICE = 0.05
 
 
-def begin_immediate(db: sqlite3.Connection, busy_timeout: float) -> None:
-    """``BEGIN IMMEDIATE``, waiting up to ``busy_timeout`` for another writer to finish.
+def is_busy(exc: BaseException) -> bool:
+    """True if ``exc`` is SQLite saying another connection holds the lock."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", 0) or 0
+    ) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def begin_immediate(db: sqlite3.Connection, busy_timeout: float, wait: float | None = None) -> None:
+    """``BEGIN IMMEDIATE``, waiting up to ``wait`` (default ``busy_timeout``) for another
+    writer to finish; the connection's ``busy_timeout`` is restored afterwards.
 
     SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20 ... ms between attempts, which turns a
     write lock held for a fraction of a millisecond (another process's commit) into a wait of
@@ -171,7 +182,7 @@ def begin_immediate(db: sqlite3.Connection, busy_timeout: float) -> None:
                     raise
                 now = time.monotonic()
                 if deadline is None:
-                    deadline = now + busy_timeout
+                    deadline = now + (busy_timeout if wait is None else wait)
                 elif now >= deadline:
                     raise
             time.sleep(pause)

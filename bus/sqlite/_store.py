@@ -21,6 +21,7 @@ from bus.message import Message
 from bus.presence import HEARTBEAT_TTL, Presence
 from bus.presence_keys import instance_of, storage_instance
 from bus.sqlite._schema import (
+    LOCK_SLICE,
     SqliteDelivery,
     begin_immediate,
     connect,
@@ -33,6 +34,7 @@ PRESENCE_SWEEP = HEARTBEAT_TTL * 10
 SWEEP_INTERVAL = 60.0
 DOORBELL_TTL = 30.0  # seconds a doorbell row counts without a refresh
 VACUUM_MIN_FREE_PAGES = 2048  # 8 MiB of 4 KiB pages
+VACUUM_CHUNK = 256  # pages given back per write transaction (1 MiB: about a millisecond)
 
 
 class SqliteStore:
@@ -43,6 +45,7 @@ class SqliteStore:
         self._busy_timeout = busy_timeout
         self._db: sqlite3.Connection | None = None
         self.writes = 0  # grouped write transactions, for tests and statistics
+        self._vacuuming = False  # giving a drained backlog's free pages back, chunk by chunk
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -67,7 +70,7 @@ class SqliteStore:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error."""
         db = self.db
-        begin_immediate(db, self._busy_timeout)
+        begin_immediate(db, self._busy_timeout, min(self._busy_timeout, LOCK_SLICE))
         try:
             yield db
             db.execute("COMMIT")
@@ -415,9 +418,22 @@ class SqliteStore:
             db.execute("DELETE FROM inbox WHERE created < ?", (now - INBOX_TTL,))
             db.execute("DELETE FROM presence WHERE last_beat < ?", (now - PRESENCE_SWEEP,))
             db.execute("DELETE FROM doorbells WHERE last_beat < ?", (now - DOORBELL_TTL,))
+
+    def vacuum_step(self) -> bool:
+        """Give up to ``VACUUM_CHUNK`` free pages back to the system, if the free list is large.
+
+        After a backlog drained the file is mostly free pages; steady use reuses them.  A chunk
+        at a time, each its own short write transaction, so other writers get the lock between
+        chunks.  Returns True while there is more to give back.
+        """
         db = self.db
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
         pages = db.execute("PRAGMA page_count").fetchone()[0]
-        if free > VACUUM_MIN_FREE_PAGES and free * 4 > pages:
-            # After a backlog drained, shrink the file; steady use reuses the free pages.
-            db.executescript(f"PRAGMA incremental_vacuum({free});")  # runs it to the end
+        if not self._vacuuming:  # start on a large free list, then give all of it back
+            self._vacuuming = free > VACUUM_MIN_FREE_PAGES and free * 4 > pages
+        if not self._vacuuming or not free:
+            self._vacuuming = False
+            return False
+        with self.transaction() as db:
+            db.execute(f"PRAGMA incremental_vacuum({VACUUM_CHUNK})").fetchall()  # to the end
+        return True

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from bus.backoff import Backoff
 from bus.broker import BaseBroker
 from bus.delivery import Source
 from bus.errors import BrokerClosed, BrokerError, BrokerUnavailable, PublishError
@@ -22,7 +23,7 @@ from bus.options import SubscriptionOptions
 from bus.presence import HEARTBEAT_TTL, Presence
 from bus.presence_keys import storage_instance
 from bus.sqlite._doorbell import HELLO, Doorbell
-from bus.sqlite._schema import SqliteDelivery, encode_metadata
+from bus.sqlite._schema import SqliteDelivery, encode_metadata, is_busy
 from bus.sqlite._source import SqliteSource
 from bus.sqlite._store import DOORBELL_TTL, SWEEP_INTERVAL, SqliteStore
 from bus.sqlite._thread import DatabaseThread
@@ -33,6 +34,10 @@ log = logging.getLogger("omnibus.bus.sqlite")
 T = TypeVar("T")
 
 TRIM_CHUNK = 100  # acked messages deleted per transaction and topic (about half a millisecond)
+
+
+# Between the attempts of a call that found the file's write lock taken.
+_BUSY = Backoff(initial=0.001, maximum=0.05, jitter=0.001)
 
 
 class SqliteBroker(BaseBroker):
@@ -63,14 +68,25 @@ class SqliteBroker(BaseBroker):
         self._rings = 0  # datagrams received, so that polling knows the doorbell works
         self._bell_lock = asyncio.Lock()
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the database thread; sqlite3 errors become BrokerError."""
-        if self._thread is None:
-            raise BrokerClosed("the sqlite broker is not connected")
-        try:
-            return await self._thread.submit(fn, *args)
-        except sqlite3.Error as exc:
-            raise BrokerError(f"sqlite bus {self.settings.path}: {exc}") from exc
+    async def call(self, fn: Callable[..., T], *args: Any, patient: bool = False) -> T:
+        """Run ``fn(*args)`` on the database thread; sqlite3 errors become BrokerError.
+
+        One attempt waits at most ``LOCK_SLICE`` for another process's write lock, so the
+        thread moves on to the calls queued behind it; a busy call is tried again here, until
+        ``busyTimeout`` has passed, or (``patient``, for publishes) until it gets the lock.
+        """
+        waited = 0
+        deadline = time.monotonic() + self.settings.busy_timeout
+        while True:
+            if self._thread is None:
+                raise BrokerClosed("the sqlite broker is not connected")
+            try:
+                return await self._thread.submit(fn, *args)
+            except sqlite3.Error as exc:
+                if not is_busy(exc) or (not patient and time.monotonic() >= deadline):
+                    raise BrokerError(f"sqlite bus {self.settings.path}: {exc}") from exc
+            waited += 1
+            await asyncio.sleep(_BUSY.delay(waited))
 
     # -- wake-ups ---------------------------------------------------------------------------
 
@@ -202,6 +218,8 @@ class SqliteBroker(BaseBroker):
                 if now >= next_sweep:
                     next_sweep = now + SWEEP_INTERVAL
                     await self.call(self.store.sweep)
+                    while await self.call(self.store.vacuum_step):  # a chunk per transaction
+                        pass
             except BrokerError:
                 log.warning("maintaining the sqlite bus failed; retrying", exc_info=True)
 
@@ -282,8 +300,11 @@ class SqliteBroker(BaseBroker):
             replies, self._pending_replies = self._pending_replies, []
             futures = [f for *_, f in messages] + [f for _, f in replies]
             try:
-                await self.call(
-                    self.store.write, [(t, b) for t, b, _ in messages], [r for r, _ in replies]
+                await self.call(  # lock contention alone never fails a publish
+                    self.store.write,
+                    [(t, b) for t, b, _ in messages],
+                    [r for r, _ in replies],
+                    patient=True,
                 )
             except Exception as exc:
                 error = PublishError(f"publish to the sqlite bus failed: {exc}")
