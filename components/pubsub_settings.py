@@ -10,7 +10,8 @@ Dapr's vocabulary (:func:`bus.options.parse_bool`), durations Go-style strings (
 
 - ``pubsub.redis``: ``redisHost`` (``host:port``, ``[v6]:port``), ``redisType`` (``node`` only),
   ``redisUsername``, ``redisPassword``, ``redisDB``, ``enableTLS``, ``dialTimeout``,
-  ``readTimeout``, ``writeTimeout``, ``redeliverInterval``, ``maxLenApprox`` (0 = no cap).
+  ``readTimeout``, ``writeTimeout``, ``redeliverInterval``, ``maxLenApprox`` (0 = no cap),
+  ``waitReplicas``, ``waitAOF``, ``waitTimeout`` (what a publish waits for beyond XADD's reply).
 - ``pubsub.sqlite``: ``connectionString`` (the file; default ``<home>/bus.db``),
   ``redeliverInterval``, ``minPollInterval``, ``maxPollInterval``, ``busyTimeout``,
   ``maxLenApprox``.
@@ -120,6 +121,9 @@ def redis_settings(metadata: Mapping[str, str]) -> RedisSettings:
             write_timeout=read.duration("writeTimeout"),
             redeliver_interval=read.duration("redeliverInterval"),
             max_len_approx=cap or None,  # 0 means no cap, as in Dapr
+            wait_replicas=read.integer("waitReplicas", minimum=0),
+            wait_aof=read.boolean("waitAOF"),
+            wait_timeout=read.duration("waitTimeout"),
         )
     )
 

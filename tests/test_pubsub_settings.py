@@ -48,6 +48,9 @@ def test_redis_metadata_names_follow_dapr() -> None:
     assert redis_settings({"maxLenApprox": "0"}).max_len_approx is None
     assert redis_settings({"redisHost": "[::1]:7000"}).address == "::1:7000"
     assert redis_settings({"redisHost": "cache"}).port == 6379
+    durable = redis_settings({"waitReplicas": "1", "waitAOF": "true", "waitTimeout": "250ms"})
+    assert (durable.wait_replicas, durable.wait_aof, durable.wait_timeout) == (1, True, 0.25)
+    assert (defaults.wait_replicas, defaults.wait_aof) == (0, False)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +64,9 @@ def test_redis_metadata_names_follow_dapr() -> None:
         ({"readTimeout": "0"}, "readTimeout"),
         ({"maxLenApprox": "-5"}, "maxLenApprox"),
         ({"redisType": "cluster"}, "redisType"),
+        ({"waitReplicas": "-1"}, "waitReplicas"),
+        ({"waitAOF": "sometimes"}, "waitAOF"),
+        ({"waitTimeout": "0"}, "waitTimeout"),
     ],
 )
 def test_redis_bad_metadata_raises_config_error_naming_the_field(

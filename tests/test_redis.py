@@ -18,7 +18,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from bus.errors import BrokerError, BrokerUnavailable
+from bus.errors import BrokerError, BrokerUnavailable, PublishError
 from bus.message import Message, Outcome
 from bus.options import RetryPolicy, SubscriptionOptions
 from bus.redis import RedisBroker
@@ -395,3 +395,23 @@ async def test_a_failed_trim_does_not_lose_reclaimed_entries(
         # a lost claim and a further processingTimeout
         (got,) = await collector.wait_for(1)
         assert failures and (got.data, got.attempt) == (b"orphan", 2)
+
+
+async def test_wait_replicas_fails_a_publish_no_replica_acknowledged(
+    redis_server: RedisServer,
+) -> None:
+    # Given a component that wants every publish on one replica, and a server without any
+    settings = redis_server.settings(wait_replicas=1, wait_timeout=0.1)
+    async with RedisBroker(settings) as broker:
+        # When it publishes, Then the publish fails instead of claiming a durability it lacks
+        with pytest.raises(PublishError, match="only 0 of 1 replicas"):
+            await broker.publish(unique(), [Message(data=b"x")])
+
+
+async def test_without_wait_options_a_publish_returns_on_the_xadd_reply(
+    redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    topic = unique()
+    async with RedisBroker(redis_server.settings()) as broker:
+        await broker.publish(topic, [Message(data=b"x")])
+    assert await raw.xlen(topic) == 1

@@ -22,7 +22,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from bus.broker import BaseBroker
 from bus.delivery import Source
-from bus.errors import BrokerClosed
+from bus.errors import BrokerClosed, PublishError
 from bus.message import Message, stored_age
 from bus.options import SubscriptionOptions
 from bus.presence import HEARTBEAT_TTL, Presence
@@ -149,11 +149,37 @@ class RedisBroker(BaseBroker):
         head: tuple[Any, ...] = (
             ("XADD", topic, "MAXLEN", "~", cap, "*") if cap else ("XADD", topic, "*")
         )
-        commands = []
+        commands: list[tuple[Any, ...]] = []
         for message in batch:
             data, meta = encode(message)
             commands.append((*head, "data", data, "metadata", meta))
-        await self._send(commands)
+        wait = self._durability_wait()
+        if wait is None:
+            await self._send(commands)
+            return
+        # On the connection of the XADDs (one pipeline): it waits for every write before it.
+        replies = await self._send([*commands, wait])
+        self._check_durability(replies[-1])
+
+    def _durability_wait(self) -> tuple[Any, ...] | None:
+        """WAIT / WAITAOF per waitReplicas / waitAOF, or None (XADD's reply is enough)."""
+        s = self.settings
+        timeout_ms = int(s.wait_timeout * 1000)
+        if s.wait_aof:
+            return ("WAITAOF", 1, s.wait_replicas, timeout_ms)
+        if s.wait_replicas:
+            return ("WAIT", s.wait_replicas, timeout_ms)
+        return None
+
+    def _check_durability(self, reply: Any) -> None:
+        s = self.settings
+        local, replicas = (int(reply[0]), int(reply[1])) if s.wait_aof else (1, int(reply))
+        if local < 1 or replicas < s.wait_replicas:
+            raise PublishError(
+                f"Redis took the publish, but within {s.wait_timeout:g}s only {replicas} of "
+                f"{s.wait_replicas} replicas acknowledged it"
+                + (" and it was not fsynced to the local AOF" if local < 1 else "")
+            )
 
     async def _open_source(self, topic: str, options: SubscriptionOptions) -> Source[Any]:
         source = RedisSource(self, topic, options)

@@ -17,6 +17,7 @@ _DURATIONS = {
     "readTimeout": "read_timeout",
     "writeTimeout": "write_timeout",
     "redeliverInterval": "redeliver_interval",
+    "waitTimeout": "wait_timeout",
 }
 
 
@@ -26,7 +27,9 @@ class RedisSettings:
 
     ``redeliver_interval`` is how often a consumer looks for deliveries whose consumer died and
     trims its stream; ``max_len_approx`` (off unless set) caps every stream at about that many
-    entries, acked or not.
+    entries, acked or not.  A publish returns once XADD replied; with ``wait_replicas`` it also
+    waits (``WAIT``) until that many replicas have it, with ``wait_aof`` (``WAITAOF``, Redis 7.2+)
+    until the local AOF is fsynced, each at most ``wait_timeout`` before it raises.
     """
 
     host: str = "localhost"
@@ -40,6 +43,9 @@ class RedisSettings:
     write_timeout: float = 3.0
     redeliver_interval: float = 15.0
     max_len_approx: int | None = None
+    wait_replicas: int = 0
+    wait_aof: bool = False
+    wait_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -51,6 +57,12 @@ class RedisSettings:
         for name, attr in _DURATIONS.items():
             if getattr(self, attr) <= 0:
                 raise ConfigError(f"{name}: expected a positive duration like '30s' or ms")
+        if self.wait_replicas < 0:
+            raise ConfigError(
+                f"waitReplicas: expected a non-negative integer, got {self.wait_replicas}"
+            )
+        if self.wait_timeout <= 0:
+            raise ConfigError("waitTimeout: expected a positive duration like '1s' or ms")
         if self.max_len_approx is not None and self.max_len_approx < 1:
             raise ConfigError(
                 f"maxLenApprox: expected a positive integer, got {self.max_len_approx}"
