@@ -196,15 +196,18 @@ async def test_invariant_4_dead_letter_after_max_attempts(
 ) -> None:
     broker = await make_broker()
     poison = Collector(lambda m: Outcome.RETRY)
-    await broker.subscribe(topic, poison, opts(retry=FAST_RETRY))
+    options = opts(retry=FAST_RETRY, processing_timeout=SHORT)
+    retrying = await broker.subscribe(topic, poison, options)
     dead = Collector()
-    await broker.subscribe(f"{topic}.deadletter", dead, opts(group="dlq-reader"))
+    reader = opts(group="dlq-reader", processing_timeout=SHORT)
+    reading = await broker.subscribe(f"{topic}.deadletter", dead, reader)
     sent = batch(1)
     await broker.publish(topic, sent)
     [letter] = await dead.wait_for(1, timeout=20)
     assert letter.id == sent[0].id and letter.data == sent[0].data
     assert [m.attempt for m in poison.seen] == [1, 2, 3]
-    await asyncio.sleep(1.0)
+    await nothing_comes_back(broker, topic, retrying, options)
+    await nothing_comes_back(broker, f"{topic}.deadletter", reading, reader)
     assert len(poison.seen) == 3 and len(dead.seen) == 1, "a dead letter was delivered again"
 
 

@@ -26,11 +26,15 @@ topic or group can never contain, so our own objects never collide with a user's
   ``x-expires`` removes an idle rung ``EXPIRE_AFTER_MS`` after its last use (every retry
   re-declares its rung first, on a channel of its own since a refused declaration closes the
   channel it was sent on, so a waiting message always outlives its queue's expiry).
-- ``omnibus@presence``: fanout exchange (auto-delete) carrying presence beats, withdrawals and
-  probes; each broker listens on an exclusive server-named queue and keeps the table locally.
-  ``omnibus@presence@roll``: auto-delete queue that every announcing broker consumes (never
-  receives anything); its consumer count tells a starting broker how many answers to its probe to
-  await before its first ``instances()``.
+- ``omnibus@presence@by-name``: topic exchange (auto-delete) carrying presence beats and
+  withdrawals (routing key ``p.<name>``) and probes (``q.<name>``, ``q..all``); each broker
+  listens on an exclusive server-named queue bound only to the names it looked up or announces,
+  and keeps the table locally (see :mod:`bus.rabbitmq._presence`).
+  ``omnibus@presence@roll@<name>`` / ``omnibus@presence@roll``: auto-delete queues that every
+  broker announcing ``<name>`` / anything consumes (they never receive anything); their consumer
+  count tells a broker how many answers to its first probe to await.
+- calls (request mode ``call``) are published non-persistent with a per-message ``expiration``
+  of their time-to-live, so RabbitMQ drops a call whose caller gave up.
 - ``amq.rabbitmq.reply-to``: direct reply-to of the request inbox, one channel per broker.
 
 Messages are persistent (``deliveryMode`` 2); every publish waits for its publisher confirm (a

@@ -18,9 +18,10 @@ Storage layout (one Redis database; each key with its lifetime):
 - ``omnibus:inbox:<instance>.<random>`` (Pub/Sub channel; the broker's life): replies to this
   broker's requests, each a JSON header line followed by the data bytes.
 - ``omnibus:presence:names`` (sorted set) name -> last beat; ``omnibus:presence:beats:<name>``
-  (sorted set) instance -> last beat; ``omnibus:presence:info:<name>`` (hash) instance -> JSON
-  (address, started, metadata).  Beats refresh a ten-TTL expiry on the per-name keys; listings
-  ignore beats older than the heartbeat TTL.
+  (sorted set) instance key -> last beat; ``omnibus:presence:info:<name>`` (hash) instance key ->
+  JSON (address, started, metadata); the instance key is the instance name for an app and
+  ``<instance>@<kind>`` otherwise, so apps and services never collide.  Beats refresh a ten-TTL
+  expiry on the per-name keys; listings ignore beats older than the heartbeat TTL.
 
 Modules: ``broker`` (the broker, request/reply and presence), ``settings`` (the component's
 settings), ``_wire`` (encoding of entries and replies, connections, error translation),

@@ -24,7 +24,8 @@ Storage layout (schema version 1, ``PRAGMA user_version``; WAL mode):
   swept after an hour if nobody took them (the requester died).  Replies to a broker's own
   inbox skip the table.
 - ``presence(name, instance, address, started, last_beat, metadata)``: who is up, refreshed by
-  the heartbeat; rows whose beat is older than ten TTLs are swept.
+  the heartbeat; rows whose beat is older than ten TTLs are swept.  ``instance`` is the instance
+  name for an app and ``<instance>@<kind>`` otherwise, so apps and services never collide.
 - ``doorbells(address, port, last_beat)``: the loopback UDP port on which each broker with
   consumers or an inbox is woken (see wake-ups); refreshed every ten seconds, ignored after 30 s
   without a refresh, removed on close and swept.
