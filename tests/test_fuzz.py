@@ -18,7 +18,8 @@ from tests.fuzz_sidecar import APP_ID, fuzz, resources, sidecar_args, start_call
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REQUESTS = 300
-SEEDS = [1, 2]  # every run sends the same requests
+# Every run sends the same requests; the second with the API token on (most requests carry it).
+RUNS = [(1, None), (2, "s3cret")]
 
 
 @pytest.fixture
@@ -31,18 +32,19 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         made.close()
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("seed", "token"), RUNS)
 def test_random_requests_never_break_the_sidecar(
-    cluster: Cluster, tmp_path: Path, seed: int
+    cluster: Cluster, tmp_path: Path, seed: int, token: str | None
 ) -> None:
     # Given a sidecar with pub/sub and state on SQLite and an app to invoke
     callee_port = free_port()
     callee = start_callee(callee_port, tmp_path / "callee.log")
     try:
         files = cluster.resources(*resources(tmp_path))
-        sidecar = cluster.sidecar(APP_ID, files, args=sidecar_args(callee_port))
+        env = {"DAPR_API_TOKEN": token} if token else {}
+        sidecar = cluster.sidecar(APP_ID, files, args=sidecar_args(callee_port), env=env)
         # When it gets a few hundred random requests
-        report = fuzz(sidecar.port, sidecar.log, requests=REQUESTS, seed=seed)
+        report = fuzz(sidecar.port, sidecar.log, requests=REQUESTS, seed=seed, token=token)
     finally:
         callee.terminate()
         callee.wait(10)
