@@ -16,7 +16,11 @@ Modules, in the order a request or a message meets them:
 - :mod:`runtime.subscriptions`, :mod:`runtime.routing`, :mod:`runtime.delivery`,
   :mod:`runtime.bulk`: subscriptions on the bus, CEL routing, delivery to the app and the mapping
   of its answers, bulk subscribe.
-- :mod:`runtime.channel`: the pooled keep-alive HTTP client to the app.
+- :mod:`runtime.intake`: the subscriptions as one intake, held while the app is unhealthy
+  (``--enable-app-health-check``) or a component's inbound circuit breaker is open.
+- :mod:`runtime.channel`, :mod:`runtime.http1`: the pooled keep-alive HTTP client to the app
+  (deliveries, and ``AppChannel.call`` for service invocation), and the app's health probe.
+- :mod:`runtime.api.body`: the one decoder of request bodies, with Go's JSON rules.
 
 Where omnibus differs from Dapr, on purpose:
 
@@ -33,7 +37,8 @@ Where omnibus differs from Dapr, on purpose:
   envelope's ``id`` is the bus message id, stable across redeliveries.
 - Invalid topic names answer 400 ``ERR_MALFORMED_REQUEST``; a body over ``--max-body-size`` 413
   ``ERR_BODY_TOO_LARGE``.
-- ``--app-health-check-path`` gates readiness at start (the app must answer 2xx before the sidecar
-  subscribes); it is not probed afterwards.
+- ``--app-health-check-path`` alone gates readiness at start (the app must answer 2xx before the
+  sidecar subscribes); with ``--enable-app-health-check`` it is probed all along, as in Dapr, and
+  nothing is pulled for the app while it is unhealthy.
 - Programmatic subscriptions are read once, at start-up, as in Dapr.
 """

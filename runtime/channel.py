@@ -19,10 +19,9 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-import orjson
-
 from bus.envelope import Headers
 from bus.errors import OmnibusError
+from runtime.api.body import MalformedBody, parse_json
 from runtime.config import HealthCheck
 from runtime.http1 import Http1Client, HttpFailure
 
@@ -200,8 +199,8 @@ class AppChannel:
                     return None
                 if status == 200:
                     try:
-                        return orjson.loads(body) if body.strip() else None
-                    except orjson.JSONDecodeError:
+                        return parse_json(body, what=SUBSCRIBE_PATH) if body.strip() else None
+                    except MalformedBody:
                         log.error(
                             "GET %s answered with invalid JSON; no programmatic subscriptions",
                             SUBSCRIBE_PATH,
