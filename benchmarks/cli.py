@@ -13,6 +13,7 @@ from rich.console import Console
 from benchmarks.config import (
     BACKENDS,
     EXTRA_BACKENDS,
+    OPT_IN_SCENARIOS,
     RESULTS_DIR,
     SCENARIOS,
     BenchConfig,
@@ -39,7 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scenarios",
         default=",".join(SCENARIOS),
-        help="comma-separated, of %(default)s",
+        help=f"comma-separated, of %(default)s; also {','.join(OPT_IN_SCENARIOS)}, only when named",
+    )
+    parser.add_argument(
+        "--soak-duration", type=float, help="seconds of the soak stream (default 600; --quick: 20)"
+    )
+    parser.add_argument(
+        "--soak-rate", type=float, default=1000.0, help="msg/s of the soak stream (default 1000)"
     )
     parser.add_argument("--size", type=int, default=1024, help="payload bytes (default 1024)")
     parser.add_argument(
@@ -86,9 +93,12 @@ def config_from_args(args: argparse.Namespace, command: str = "") -> BenchConfig
         values["messages"] = args.messages
     if args.duration is not None:
         values["ingest_duration"] = values["latency_duration"] = args.duration
+    if args.soak_duration is not None:
+        values["soak_duration"] = args.soak_duration
     return BenchConfig(
         backends=split_names(args.backends, BACKENDS + EXTRA_BACKENDS, "--backends"),
-        scenarios=split_names(args.scenarios, SCENARIOS, "--scenarios"),
+        scenarios=split_names(args.scenarios, SCENARIOS + OPT_IN_SCENARIOS, "--scenarios"),
+        soak_rate=args.soak_rate,
         payload_size=args.size,
         rate=args.rate,
         connections=args.connections,

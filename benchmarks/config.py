@@ -12,6 +12,7 @@ BACKENDS = ("sqlite", "redis", "rabbitmq")
 # sidecar processes cannot share it, so its HTTP scenarios are reported as skipped.
 EXTRA_BACKENDS = ("memory",)
 SCENARIOS = ("ingest", "e2e", "latency", "bus", "cost", "rpc", "state", "invoke")
+OPT_IN_SCENARIOS = ("soak",)  # run only when named: ten minutes per backend by default
 SCENARIO_TITLES = {
     "ingest": "publish ingest over HTTP",
     "e2e": "end-to-end through two sidecars",
@@ -21,6 +22,7 @@ SCENARIO_TITLES = {
     "rpc": "request/reply, bus only",
     "state": "state over HTTP",
     "invoke": "service invocation",
+    "soak": "soak: leaks under a long stream",
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -49,20 +51,25 @@ class BenchConfig:
     repeat: int = 1  # runs of every phase; each figure is the median over them
     note: str = ""  # shown at the top of BENCHMARKS.md (e.g. "shared, noisy machine")
     extra: dict[str, str] = field(default_factory=dict)
+    soak_duration: float = 600.0
+    soak_rate: float = 1000.0
 
     def __post_init__(self) -> None:
         for backend in self.backends:
             if backend not in BACKENDS + EXTRA_BACKENDS:
                 raise InvalidArgument(f"unknown backend {backend!r}; choose from {BACKENDS}")
         for scenario in self.scenarios:
-            if scenario not in SCENARIOS:
-                raise InvalidArgument(f"unknown scenario {scenario!r}; choose from {SCENARIOS}")
+            if scenario not in SCENARIOS + OPT_IN_SCENARIOS:
+                choices = SCENARIOS + OPT_IN_SCENARIOS
+                raise InvalidArgument(f"unknown scenario {scenario!r}; choose from {choices}")
         if self.payload_size < 64:
             raise InvalidArgument("payload size must be at least 64 bytes (it carries a timestamp)")
         if self.messages < 1 or self.rate <= 0 or self.connections < 1 or self.generators < 1:
             raise InvalidArgument("messages, rate, connections and generators must be positive")
-        if self.ingest_duration <= 0 or self.latency_duration <= 0:
+        if self.ingest_duration <= 0 or self.latency_duration <= 0 or self.soak_duration <= 0:
             raise InvalidArgument("durations must be positive")
+        if self.soak_rate <= 0:
+            raise InvalidArgument("--soak-rate must be positive")
         if self.repeat < 1:
             raise InvalidArgument("--repeat must be at least 1")
 
@@ -78,7 +85,12 @@ class BenchConfig:
 
 def quick_defaults() -> dict[str, float | int]:
     """What ``--quick`` changes: every scenario in a few minutes, each alone in well under one."""
-    return {"messages": 3000, "ingest_duration": 2.0, "latency_duration": 5.0}
+    return {
+        "messages": 3000,
+        "ingest_duration": 2.0,
+        "latency_duration": 5.0,
+        "soak_duration": 20.0,
+    }
 
 
 def split_names(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:

@@ -166,6 +166,12 @@ def _invoke_specs() -> tuple[FigureSpec, ...]:
 
 
 SPECS += _rpc_specs() + _state_specs() + _invoke_specs()
+# Soak (issue 12): every series of benchmarks/soak.py grows less than 5% after the warm-up.
+SPECS += tuple(
+    FigureSpec("soak", "*", f"{series} growth ({role})", None, Goal("max", 5.0))
+    for series in ("rss", "fds", "threads")
+    for role in ("publisher", "subscriber")
+)
 
 
 def figure_rows(

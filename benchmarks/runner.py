@@ -41,6 +41,7 @@ from benchmarks.report import (
 )
 from benchmarks.rpc import measure_rpc
 from benchmarks.services import RABBIT_URL, Services, Target
+from benchmarks.soak import measure_soak, soak_steps
 from benchmarks.state_bench import STORES, measure_state, state_steps
 
 HTTP_SCENARIOS = ("ingest", "e2e", "latency", "cost")
@@ -160,6 +161,8 @@ def _steps(config: BenchConfig, services: Services) -> int:
         steps += state_steps(backends) + 2 * (not config.wants("ingest"))
     if config.wants("invoke"):
         steps += invoke_steps(backends)
+    if config.wants("soak"):
+        steps += soak_steps(backends)
     http = [b for b in backends if b != "memory"]
     if http and any(config.wants(s) for s in HTTP_SCENARIOS):
         steps += 2 + 6 * len(http)
@@ -347,7 +350,8 @@ async def _http_phases(
     backends = [b for b in config.backends if b in services.targets]
     state = config.wants("state") and any(b in STORES for b in backends)
     invoke = config.wants("invoke") and any(b != "memory" for b in backends)
-    if not (wanted or state or invoke) or not backends:
+    soak = config.wants("soak") and any(b != "memory" for b in backends)
+    if not (wanted or state or invoke or soak) or not backends:
         return
     if "memory" in backends:
         for scenario in wanted:
@@ -355,7 +359,7 @@ async def _http_phases(
         backends.remove("memory")
     if importlib.util.find_spec("runtime.sidecar") is None:
         for backend in backends:
-            for scenario in wanted + ["state"] * state + ["invoke"] * invoke:
+            for scenario in wanted + ["state"] * state + ["invoke"] * invoke + ["soak"] * soak:
                 report.skip(scenario, backend, "runtime.sidecar is not installed")
         return
     if not backends:
@@ -369,10 +373,17 @@ async def _http_phases(
             await _guarded(
                 report, scenario, backend, measure_backend(run, services.targets[backend])
             )
-        if state:
-            await measure_state(run, _guarded)
-        if invoke:
-            await measure_invoke(run, _guarded)
+        await _own_sidecar_phases(run, state=state, invoke=invoke, soak=soak)
+
+
+async def _own_sidecar_phases(run: HttpRun, *, state: bool, invoke: bool, soak: bool) -> None:
+    """The scenarios that start sidecars of their own: state, invoke, soak."""
+    if state:
+        await measure_state(run, _guarded)
+    if invoke:
+        await measure_invoke(run, _guarded)
+    if soak:
+        await measure_soak(run, _guarded)
 
 
 def generator_check(measurements: Sequence[Measurement], config: dict[str, Any]) -> dict[str, Any]:

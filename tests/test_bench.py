@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from benchmarks.payload import PayloadFactory, stamp_of
 from benchmarks.profiling import summarise
 from benchmarks.report import Measurement, Report, combine
 from benchmarks.runner import render_saved, request_errors, run_bench
+from benchmarks.soak import Sample, growth, is_flat
 from bus.errors import InvalidArgument
 
 
@@ -338,3 +340,68 @@ async def test_quick_run_on_sqlite_writes_json_plots_and_markdown(tmp_path: Path
     with (tmp_path / "console.txt").open("a") as out:
         render_saved(tmp_path / "results" / "latest.json", again, Console(file=out, width=140))
     assert (tmp_path / "again.md").read_text() == markdown
+
+
+def test_soak_options_and_its_opt_in() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert "soak" not in config_from_args(parser.parse_args([])).scenarios
+    quick = config_from_args(parser.parse_args(["--quick", "--scenarios", "soak"]))
+    assert quick.scenarios == ("soak",) and quick.soak_duration == 20.0
+    assert BenchConfig().soak_duration == 600.0 and BenchConfig().soak_rate == 1000.0
+    argv = ["--scenarios", "soak", "--soak-duration", "30", "--soak-rate", "50"]
+    chosen = config_from_args(parser.parse_args(argv))
+    assert (chosen.soak_duration, chosen.soak_rate) == (30.0, 50.0)
+    with pytest.raises(InvalidArgument, match="soak-rate"):
+        config_from_args(parser.parse_args(["--soak-rate", "0"]))
+
+
+def test_soak_growth_is_judged_after_the_warmup() -> None:
+    # Given: RSS that doubles during the warm-up, then is flat; and one that keeps growing
+    def series(rss: Callable[[int], float]) -> list[Sample]:
+        return [Sample(at=float(t), rss=rss(t), fds=20, threads=4) for t in range(30)]
+
+    warm_then_flat = series(lambda t: 50.0 if t < 5 else 100.0)
+    leaking = series(lambda t: 100.0 + t)
+    # Then: only growth after the warm-up counts, averaged over 5 s at either end
+    baseline, final, grew = growth(warm_then_flat, "rss", warmup=5.0)
+    assert (baseline, final, grew) == (100.0, 100.0, 0.0) and is_flat(baseline, final)
+    baseline, final, grew = growth(leaking, "rss", warmup=5.0)
+    assert (baseline, final) == (107.0, 127.0) and not is_flat(baseline, final)
+    assert grew == pytest.approx(20 / 107)
+    assert growth(leaking, "fds", warmup=5.0)[2] == 0.0
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_soak_scenario_on_sqlite(tmp_path: Path) -> None:
+    # Given: the soak scenario alone, a few seconds at a low rate through two sidecars
+    config = BenchConfig(
+        backends=("sqlite",),
+        scenarios=("soak",),
+        soak_duration=8.0,
+        soak_rate=200,
+        connections=4,
+        generators=1,
+        output=tmp_path / "results",
+        quick=True,
+    )
+    # When
+    with (tmp_path / "console.txt").open("w") as out:
+        document = await run_bench(config, Console(file=out, width=140))
+    # Then: every message delivered, six series sampled every second, judged and plotted
+    assert document["skipped"] == []
+    found = {m["variant"]: m for m in document["measurements"] if m["scenario"] == "soak"}
+    delivered = found.pop("delivered")
+    assert delivered["value"] == delivered["details"]["published"] > 0
+    assert delivered["details"]["errors"] == 0
+    assert sorted(found) == sorted(
+        f"{name} growth ({role})"
+        for name in ("rss", "fds", "threads")
+        for role in ("publisher", "subscriber")
+    )
+    for measurement in found.values():
+        assert measurement["unit"] == "%" and isinstance(measurement["details"]["flat"], bool)
+        assert measurement["details"]["samples"] >= 8 and measurement["details"]["baseline"] > 0
+    plot = Path(document["checks"]["soak_plots"]["sqlite"])
+    assert plot.parent == tmp_path / "results" and plot.stat().st_size > 0
