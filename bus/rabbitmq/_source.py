@@ -72,8 +72,9 @@ class RabbitSource:
     async def start(self) -> None:
         self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
 
-    def _on_message(self, raw: AbstractIncomingMessage) -> None:
-        # a plain function: aio-pika then calls it without a task of its own per message
+    async def _on_message(self, raw: AbstractIncomingMessage) -> None:
+        # A coroutine function: aio-pika runs every callback in a task of its own anyway, and
+        # wraps a plain function in one that warns (DeprecationWarning) on every message.
         self._buffer.put_nowait(raw)
         if raw.reply_to is not None:  # maybe a call: note when it arrived (see fetch)
             self._arrived[raw] = time.time()
