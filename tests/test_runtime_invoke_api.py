@@ -21,6 +21,7 @@ from bus.envelope import Headers
 from bus.memory import MemoryBroker, MemoryHub
 from invoke import AppUnreachable, Call, Reply
 from invoke.client import Invoker
+from runtime.api.invoke import NO_APP_ID
 from runtime.app import SidecarState, build_app
 from runtime.middleware import ASGIApp
 from runtime.pubsubs import PubSubs
@@ -255,7 +256,21 @@ async def test_other_basic_auth_is_not_an_invocation(pair: Pair) -> None:
     basic = [("Authorization", f"Basic {token}")]
     answer = await send(pair.caller, "GET", "/orders", headers=basic)
     assert answer.status == 404
+    assert answer.json()["errorCode"] == "ERR_DIRECT_INVOKE"
     assert pair.app.calls == []
+
+
+@pytest.mark.parametrize(("verb", "path"), [("GET", "/nothing/here"), ("DELETE", "/v1.0/metadata")])
+async def test_unserved_requests_fall_back_to_invocation_as_in_dapr(
+    pair: Pair, verb: str, path: str
+) -> None:
+    answer = await send(pair.caller, verb, path)
+    assert answer.status == 404
+    assert answer.json() == {"errorCode": "ERR_DIRECT_INVOKE", "message": NO_APP_ID}
+    # with a dapr-app-id header the same request is an invocation
+    answer = await send(pair.caller, verb, path, headers=[("dapr-app-id", CALLEE)])
+    assert answer.status == 200
+    assert pair.app.calls[0].method == path.lstrip("/")
 
 
 async def test_head_keeps_the_apps_content_length(pair: Pair) -> None:
@@ -336,3 +351,34 @@ async def test_not_ready_without_an_invoker(pair: Pair) -> None:
     answer = await send(build_app(state), "GET", f"/v1.0/invoke/{CALLEE}/method/echo")
     assert answer.status == 500
     assert answer.json()["message"] == "invoke API is not ready"
+
+
+async def test_random_requests_get_an_answer_or_a_dapr_error(pair: Pair) -> None:
+    import random
+
+    rng = random.Random(11)
+    pieces = ["", "/", "//", ".", "..", "%2F", "%ZZ", "method", "a b", "é", "x?y", ";", "%00"]
+    names = [CALLEE, "nobody", "bad id", "", "%6Frders", "a" * 200, "..", "orders.ns"]
+    for _ in range(300):
+        app_id = rng.choice(names)
+        method = "/".join(rng.choice(pieces) for _ in range(rng.randint(0, 4)))
+        form = rng.randrange(3)
+        headers: list[tuple[str, str]] = [("X-R", rng.choice(pieces))]
+        if form == 0:
+            path = f"/v1.0/invoke/{app_id}/method/{method}"
+        elif form == 1:
+            path, headers = f"/{method}", [*headers, ("dapr-app-id", app_id)]
+        else:
+            token = base64.b64encode(rng.choice([b"dapr-app-id:", b"x:", b""]) + app_id.encode())
+            path, headers = f"/{method}", [*headers, ("Authorization", f"Basic {token.decode()}")]
+        verb = rng.choice(["GET", "POST", "HEAD", "PATCH", "X-CUSTOM"])
+        body = rng.randbytes(rng.randint(0, 64))
+        answer = await send(pair.caller, verb, path, body=body, headers=headers)
+        # Every failure is Dapr's error body; nothing escapes as a bare 500
+        if answer.status >= 400 and answer.body:
+            assert "errorCode" in answer.json(), (verb, path, headers, answer)
+        assert answer.status < 500 or answer.json()["errorCode"] == "ERR_DIRECT_INVOKE", (
+            verb,
+            path,
+            answer,
+        )

@@ -2,10 +2,13 @@
 
 Addressing, in Dapr's order (``pkg/api/http/directmessaging.go``):
 
-1. a ``dapr-app-id`` header, on any path the sidecar does not serve itself: the whole path is the
-   method (the header is not forwarded);
+1. a ``dapr-app-id`` header, on any path the sidecar does not serve itself (or not with that
+   verb): the whole path is the method (the header is not forwarded);
 2. Basic auth with user ``dapr-app-id`` and the app id as password, likewise;
 3. ``/v1.0/invoke/{app-id}/method/{path...}`` with any verb.
+
+As in Dapr, invocation is the router's fallback: any other request the sidecar does not serve
+answers 404 ``ERR_DIRECT_INVOKE`` ("failed getting app id ..."), never a bare text 404/405.
 
 The method is read from the *raw* path (``raw_path`` of the ASGI scope), so percent-encoded
 segments reach the app as the caller wrote them (``a%2Fb`` stays one segment); duplicate slashes,
@@ -66,7 +69,7 @@ APP_ID_HEADER = "dapr-app-id"
 INVOCATION_ID_HEADER = "dapr-invocation-id"
 INVOKE_PREFIX = "/v1.0/invoke/"
 _METHOD_MARK = "/method/"
-_NO_APP_ID = "failed getting app id either from the URL path or the header dapr-app-id"
+NO_APP_ID = "failed getting app id either from the URL path or the header dapr-app-id"
 # Never forwarded as the caller sent them: the sidecar's own, and the ones it writes itself.
 _DROPPED = frozenset(
     {
@@ -90,23 +93,21 @@ _WRITTEN_BY_SERVER = frozenset({"date"})
 
 
 def routes(state: SidecarState) -> list[BaseRoute]:
-    """The invocation routes; mount them LAST: the ``dapr-app-id`` form takes any path."""
+    """The invocation routes; mount them LAST: the fallback of every other path."""
     return [InvokeRoute(state)]
 
 
 class InvokeRoute(BaseRoute):
-    """Matches ``/v1.0/invoke/...`` and any request that names an app id in its headers."""
+    """Dapr's fallback route: every HTTP request no route before it serves (as Dapr routes
+    both "not found" and "method not allowed" to invocation), so ``/v1.0/invoke/...`` and the
+    ``dapr-app-id`` forms invoke, and anything else answers 404 ``ERR_DIRECT_INVOKE``."""
 
     def __init__(self, state: SidecarState) -> None:
         self.state = state
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        """FULL for an invocation; routes mounted before this one win for their own paths."""
-        if scope["type"] != "http":
-            return Match.NONE, {}
-        if scope["path"].startswith(INVOKE_PREFIX) or _header_app_id(scope) is not None:
-            return Match.FULL, {}
-        return Match.NONE, {}
+        """FULL for every HTTP request; routes mounted before this one win for their paths."""
+        return (Match.FULL, {}) if scope["type"] == "http" else (Match.NONE, {})
 
     def url_path_for(self, name: str, /, **path_params: Any) -> Any:
         """Not addressable by name."""
@@ -127,7 +128,7 @@ class InvokeRoute(BaseRoute):
         state = self.state
         target = find_target(request.scope)
         if target is None:
-            raise ApiError(404, ERR_DIRECT_INVOKE, _NO_APP_ID)
+            raise ApiError(404, ERR_DIRECT_INVOKE, NO_APP_ID)
         app_id, method = target
         validate_name(app_id, "app id")
         call = Call(
