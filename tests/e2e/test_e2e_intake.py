@@ -1,6 +1,8 @@
-"""App health checks with real processes: while the app is down nothing is pulled for it."""
+"""Holding intake with real processes: nothing is pulled while the app is down or a breaker open."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -51,3 +53,40 @@ def test_messages_wait_in_the_broker_while_the_app_is_unhealthy(
     wait_until(lambda: len(back.received("/orders")) == 6, what="six deliveries")
     assert sorted(b["data"]["n"] for b in back.bodies("/orders")) == list(range(6))
     assert "the app is healthy" in sidecar.output()
+
+
+BREAKER = """\
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {name: breaker}
+spec:
+  policies:
+    retries:
+      quick: {policy: constant, duration: 50ms, maxRetries: 10}
+    circuitBreakers:
+      inbound: {maxRequests: 1, timeout: 1s, trip: consecutiveFailures >= 2}
+  targets:
+    components:
+      pubsub: {inbound: {retry: quick, circuitBreaker: inbound}}
+"""
+
+
+def test_an_open_inbound_breaker_pauses_deliveries(cluster: Cluster, pubsub: PubSubKind) -> None:
+    # Given an app that answers RETRY to the first two deliveries of every event
+    topic = cluster.topic("orders")
+    resources = cluster.resources(pubsub.component(), BREAKER)
+    subscriptions = [{"pubsubname": "pubsub", "topic": topic, "route": "/orders"}]
+    app = cluster.app(subscriptions=subscriptions, script={"/orders": "RETRY2"})
+    sidecar = cluster.sidecar(cluster.app_id("sub"), resources, app=app)
+    # When one event fails twice, the breaker opens
+    sidecar.publish(topic, {"n": 1})
+    wait_until(lambda: len(app.received("/orders")) >= 2, what="two failed deliveries")
+    opened = time.monotonic()
+    wait_until(lambda: len(app.received("/orders")) >= 3, what="the half-open delivery")
+    # Then the third attempt waited for the breaker's timeout, not the 50ms retry, and it closed it
+    assert time.monotonic() - opened >= 0.8
+    wait_until(
+        lambda: "inbound circuit breaker of pubsub closed" in sidecar.output(), what="closed"
+    )
+    assert "inbound circuit breaker of pubsub open" in sidecar.output()
+    assert len(app.received("/orders")) == 3
