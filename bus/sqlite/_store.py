@@ -14,12 +14,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bus.errors import BrokerClosed
 from bus.message import Message
-from bus.presence import HEARTBEAT_TTL, Presence
-from bus.presence_keys import instance_of, storage_instance
+from bus.presence import HEARTBEAT_TTL
+from bus.sqlite._presence_rows import DOORBELL_TTL, PresenceRows
 from bus.sqlite._schema import (
     LOCK_SLICE,
     SqliteDelivery,
@@ -32,12 +30,11 @@ from bus.sqlite._schema import (
 INBOX_TTL = 3600.0  # seconds an unclaimed reply is kept
 PRESENCE_SWEEP = HEARTBEAT_TTL * 10
 SWEEP_INTERVAL = 60.0
-DOORBELL_TTL = 30.0  # seconds a doorbell row counts without a refresh
 VACUUM_MIN_FREE_PAGES = 2048  # 8 MiB of 4 KiB pages
 VACUUM_CHUNK = 256  # pages given back per write transaction (1 MiB: about a millisecond)
 
 
-class SqliteStore:
+class SqliteStore(PresenceRows):
     """The synchronous side: every method runs on the broker's database thread."""
 
     def __init__(self, path: Path, busy_timeout: float) -> None:
@@ -345,71 +342,6 @@ class SqliteStore:
             ).fetchall()
             return [row_message(row, "", 1) for row in sorted(rows, key=lambda r: r[5])]
         return []
-
-    def beat(self, entries: Sequence[Presence]) -> None:
-        """Insert or refresh presence entries with a beat of now."""
-        now = time.time()
-        with self.transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO presence (name, instance, address, started, last_beat, "
-                "metadata) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        e.name,
-                        storage_instance(e),
-                        e.address,
-                        e.started,
-                        now,
-                        encode_metadata(e.metadata),
-                    )
-                    for e in entries
-                ],
-            )
-
-    def hang_doorbell(self, address: str, port: int | None) -> None:
-        """Register (or refresh) the UDP port that wakes ``address``; ``None`` removes it."""
-        with self.transaction() as db:
-            if port is None:
-                db.execute("DELETE FROM doorbells WHERE address = ?", (address,))
-            else:
-                db.execute(
-                    "INSERT OR REPLACE INTO doorbells (address, port, last_beat) VALUES (?, ?, ?)",
-                    (address, port, time.time()),
-                )
-
-    def doorbells(self, exclude: str) -> list[int]:
-        """The UDP ports of the other live doorbells."""
-        rows = self.db.execute(
-            "SELECT port FROM doorbells WHERE address != ? AND last_beat >= ?",
-            (exclude, time.time() - DOORBELL_TTL),
-        ).fetchall()
-        return [row[0] for row in rows]
-
-    def remove_presence(self, name: str, instance: str) -> None:
-        """Delete one presence entry."""
-        with self.transaction() as db:
-            db.execute("DELETE FROM presence WHERE name = ? AND instance = ?", (name, instance))
-
-    def list_presence(self, name: str | None, since: float) -> list[Presence]:
-        """Presence entries (of ``name``, or all) that beat at or after ``since``."""
-        query = "SELECT name, instance, address, started, last_beat, metadata FROM presence "
-        if name is None:
-            rows = self.db.execute(query + "WHERE last_beat >= ?", (since,)).fetchall()
-        else:
-            rows = self.db.execute(
-                query + "WHERE name = ? AND last_beat >= ?", (name, since)
-            ).fetchall()
-        return [
-            Presence(
-                name=r[0],
-                instance=instance_of(r[1]),
-                address=r[2],
-                started=r[3],
-                last_beat=r[4],
-                metadata=orjson.loads(r[5]) if r[5] else {},
-            )
-            for r in rows
-        ]
 
     def sweep(self) -> None:
         """Drop stale replies, presence and doorbells; give a large free list back to the system."""

@@ -23,9 +23,10 @@ from bus.options import SubscriptionOptions
 from bus.presence import HEARTBEAT_TTL, Presence
 from bus.presence_keys import storage_instance
 from bus.sqlite._doorbell import HELLO, Doorbell
+from bus.sqlite._presence_rows import DOORBELL_TTL
 from bus.sqlite._schema import SqliteDelivery, encode_metadata, is_busy
 from bus.sqlite._source import SqliteSource
-from bus.sqlite._store import DOORBELL_TTL, SWEEP_INTERVAL, SqliteStore
+from bus.sqlite._store import SWEEP_INTERVAL, SqliteStore
 from bus.sqlite._thread import DatabaseThread
 from bus.sqlite.settings import SqliteSettings
 
