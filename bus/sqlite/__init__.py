@@ -61,9 +61,9 @@ A release at shutdown counts as a delivery when the handler had started (the nex
 but never handed to a handler are given back with their attempt count unchanged.
 
 Modules: ``broker`` (the async side), ``settings`` (the component's settings), ``_store`` (the
-SQL; presence and doorbell rows in ``_presence_rows``), ``_schema`` (the tables), ``_thread`` (the database thread), ``_source`` (the consumer of
-a group) and ``_doorbell`` (the datagrams of the wake-ups).  ``broker`` imports ``_source``,
-never the reverse.
+SQL; the presence and doorbell rows in ``_presence_rows``), ``_schema`` (the tables),
+``_thread`` (the database thread), ``_source`` (the consumer of a group) and ``_doorbell`` (the
+datagrams of the wake-ups).  ``broker`` imports ``_source``, never the reverse.
 """
 
 from bus.sqlite.broker import SqliteBroker
