@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,bench]'
+	# arq is the async-invocation baseline of `omnibus bench`; its release pins redis<6, which
+	# omnibus outgrew, and it runs on redis 8 unchanged, so it is installed without its pins.
+	$(BIN)/pip install --quiet --no-deps 'arq==0.28.0'
 	touch $(STAMP)
 
 $(NODE_DEPS): %/node_modules/.package-lock.json: %/package-lock.json
