@@ -451,3 +451,17 @@ def test_run_passes_app_health_flags_to_the_sidecar(tmp_path: Path) -> None:
     assert config.app_health == HealthCheck(path="/up", interval=2.0, timeout=0.3, threshold=4)
     plain = run_plan(build_parser().parse_args(argv[:5]), {"OMNIBUS_HOME": str(tmp_path)})
     assert not any(arg.startswith(("--app-health", "--enable")) for arg in plain.sidecar)
+
+
+def test_run_passes_bus_and_invocation_flags_to_the_sidecar(tmp_path: Path) -> None:
+    argv = ["run", "--app-id", "a", "--bus", "orders-bus", "--invocation-store", "redis-state"]
+    argv += ["--invocation-results-ttl", "2h"]
+    plan = run_plan(build_parser().parse_args(argv), {"OMNIBUS_HOME": str(tmp_path)})
+    sidecar = list(plan.sidecar)
+    assert _flag(sidecar, "--bus") == "orders-bus"
+    assert _flag(sidecar, "--invocation-store") == "redis-state"
+    assert _flag(sidecar, "--invocation-results-ttl") == "2h"
+    config = parse_args(sidecar[3:])  # and the sidecar takes them
+    assert config.bus == "orders-bus"
+    plain = run_plan(build_parser().parse_args(argv[:3]), {"OMNIBUS_HOME": str(tmp_path)})
+    assert not {"--bus", "--invocation-store", "--invocation-results-ttl"} & set(plain.sidecar)

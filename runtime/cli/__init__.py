@@ -88,6 +88,17 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "(the sidecar's default: 5)",
     )
     _add_health_flags(run)
+    run.add_argument("--bus", metavar="PUBSUB", help="the pubsub that carries state and invocation")
+    run.add_argument(
+        "--invocation-store",
+        metavar="STATESTORE",
+        help="the state component that keeps async invocation results",
+    )
+    run.add_argument(
+        "--invocation-results-ttl",
+        metavar="DURATION",
+        help="how long async invocation results are kept (the sidecar's default: 24h)",
+    )
     run.add_argument(
         "--ready-timeout",
         type=float,
@@ -184,6 +195,9 @@ def run_plan(args: argparse.Namespace, environ: dict[str, str]) -> RunPlan:
         ("--max-body-size", args.max_body_size),
         ("--log-level", args.log_level),
         ("--dapr-graceful-shutdown-seconds", args.dapr_graceful_shutdown_seconds),
+        ("--bus", args.bus),
+        ("--invocation-store", args.invocation_store),
+        ("--invocation-results-ttl", args.invocation_results_ttl),
     ):
         if value is not None:
             sidecar += [flag, str(value)]
