@@ -7,10 +7,11 @@ limit, ``DAPR_API_TOKEN`` if ``--token``) and the callee app (tests/apps/callee.
 directory, sends the requests of :mod:`tests.fuzz_requests` one after the other on a kept-alive
 connection, and prints the figures.  tests/test_fuzz.py runs a few hundred in the suite.
 
-Judged, per request: the connection must answer (no reset, no time-out); a 5xx must carry Dapr's
-error body unless the callee app answered it (its answers carry ``X-Instance``, passed through
-verbatim) or it answers a HEAD (no body, by HTTP's rules); the sidecar's log must gain no
-``Traceback``.  At the end the sidecar must be healthy.
+Judged, per request: the connection must answer (no reset, no time-out); a 4xx or 5xx must carry
+Dapr's error body (a 401 is Dapr's text/plain ``invalid api token``) unless the callee app
+answered it (its answers carry ``X-Instance``, passed through verbatim) or it answers a HEAD (no
+body, by HTTP's rules); the sidecar's log must gain no ``Traceback``.  At the end the sidecar
+must be healthy.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class Report:
     statuses: Counter[int] = field(default_factory=Counter)
     routes: Counter[str] = field(default_factory=Counter)
     findings: list[dict[str, Any]] = field(default_factory=list)
-    non_dapr_4xx: int = 0  # 4xx without Dapr's body (router 404/405, 401, HEAD): counted only
+    # 4xx without Dapr's body that Dapr answers so too (401 text/plain): counted, not judged
+    non_dapr_4xx: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     healthy_at_end: bool = False
 
@@ -59,7 +61,7 @@ class Report:
             "statuses": dict(sorted(self.statuses.items())),
             "routes": dict(sorted(self.routes.items())),
             "findings": dict(kinds),
-            "4xx_without_dapr_body": self.non_dapr_4xx,
+            "4xx_without_dapr_body": dict(self.non_dapr_4xx.most_common(10)),
             "healthy_at_end": self.healthy_at_end,
         }
 
@@ -118,16 +120,23 @@ class Runner:
             self.conn = self._connect()
         else:
             report.statuses[status] += 1
-            # The callee's answers pass through verbatim; HEAD answers have no body.
-            exempt = "x-instance" in headers or request.method == "HEAD"
-            if status >= 500 and not exempt and not is_dapr_error(body):
-                self._finding("5xx without a Dapr error body", request, status=status, body=body)
-            elif 400 <= status < 500 and not is_dapr_error(body):
-                report.non_dapr_4xx += 1
+            self._judge(request, status, headers, body)
             if headers.get("connection", "").lower() == "close":
                 self.conn.close()
                 self.conn = self._connect()
         self._check_log(request)
+
+    def _judge(self, request: Request, status: int, headers: dict[str, str], body: bytes) -> None:
+        # The callee's answers pass through verbatim; HEAD answers have no body.
+        if status < 400 or "x-instance" in headers or request.method == "HEAD":
+            return
+        if is_dapr_error(body):
+            return
+        if status == 401 and body == b"invalid api token":  # Dapr's own, text/plain
+            self.report.non_dapr_4xx["401 invalid api token"] += 1
+            return
+        kind = "5xx" if status >= 500 else "4xx"
+        self._finding(f"{kind} without a Dapr error body", request, status=status, body=body)
 
     def _check_log(self, request: Request) -> None:
         with self.log.open("rb") as f:
