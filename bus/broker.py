@@ -184,7 +184,7 @@ class BaseBroker(abc.ABC):
         self._subscriptions: set[Subscription] = set()
         self._inbox: Inbox | None = None
         self._inbox_lock = asyncio.Lock()
-        self._announced: dict[tuple[str, str], Presence] = {}
+        self._announced: dict[tuple[str, str, str], Presence] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._responders_seen: dict[str, float] = {}
         self._local_servers: dict[str, list[Replier]] = {}
@@ -550,14 +550,14 @@ class BaseBroker(abc.ABC):
     async def announce(self, presence: Presence) -> None:
         """Keep ``presence`` alive with a heartbeat until withdrawn or the broker closes."""
         await self._ready()
-        self._announced[(presence.name, presence.instance)] = presence
+        self._announced[(presence.name, presence.instance, presence.kind)] = presence
         await self._beat([presence])
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.create_task(self._beat_forever(), name="presence")
 
     async def withdraw(self, presence: Presence) -> None:
         """Remove ``presence`` at once."""
-        self._announced.pop((presence.name, presence.instance), None)
+        self._announced.pop((presence.name, presence.instance, presence.kind), None)
         if self._connected:
             await self._remove_presence(presence)
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from bus.options import parse_bool
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 SubscriptionType = Literal["DECLARATIVE", "PROGRAMMATIC"]
@@ -78,6 +80,12 @@ class SubscriptionSpec:
     name: str = ""
     source: str = ""
 
+    def __post_init__(self) -> None:
+        if self.metadata.get("rawPayload", "").strip():  # a bad value fails at load, not delivery
+            parse_bool(
+                self.metadata["rawPayload"], what=f"{self.source or 'subscription'}: rawPayload"
+            )
+
     def applies_to(self, app_id: str) -> bool:
         """True if the subscription is not scoped or scoped to ``app_id``."""
         return not self.scopes or app_id in self.scopes
@@ -85,7 +93,8 @@ class SubscriptionSpec:
     @property
     def raw_payload(self) -> bool:
         """True when the app wants the bytes as published, without a CloudEvent envelope."""
-        return self.metadata.get("rawPayload", "").lower() == "true"
+        raw = self.metadata.get("rawPayload", "")
+        return bool(raw.strip()) and parse_bool(raw, what="rawPayload")
 
 
 @dataclass(frozen=True, slots=True)

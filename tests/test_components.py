@@ -9,7 +9,14 @@ import pytest
 
 from bus.errors import ConfigError
 from components.loader import load_resources, parse_programmatic, resource_files
-from components.specs import BulkSubscribe, Resources, RetrySpec, RouteRule, Routes
+from components.specs import (
+    BulkSubscribe,
+    Resources,
+    RetrySpec,
+    RouteRule,
+    Routes,
+    SubscriptionSpec,
+)
 
 RESOURCES = Path(__file__).parent / "resources"
 QUICKSTART = RESOURCES / "quickstart"
@@ -518,3 +525,18 @@ def test_circuit_breaker_names_may_be_targeted(tmp_path: Path) -> None:
     )
     (resiliency,) = load_text(tmp_path, text).resiliencies
     assert resiliency.components["pubsub"]["inbound"] == {"circuitBreaker": "cb"}
+
+
+@pytest.mark.parametrize(
+    ("value", "raw"), [("true", True), ("T", True), (" yes ", True), ("1", True), ("false", False)]
+)
+def test_raw_payload_reads_dapr_s_boolean_vocabulary(value: str, raw: bool) -> None:
+    spec = SubscriptionSpec(
+        "pubsub", "orders", Routes(default="/o"), metadata={"rawPayload": value}
+    )
+    assert spec.raw_payload is raw
+
+
+def test_a_raw_payload_that_is_no_boolean_fails_at_load() -> None:
+    with pytest.raises(ConfigError, match="rawPayload: expected a boolean"):
+        SubscriptionSpec("pubsub", "orders", Routes(default="/o"), metadata={"rawPayload": "maybe"})

@@ -103,3 +103,28 @@ async def test_beats_reach_only_the_brokers_that_look_the_name_up(
 
 async def _echo(message: Message) -> bytes:
     return message.data
+
+
+@pytest.mark.rabbitmq
+async def test_a_broker_still_looks_up_names_after_the_last_announcer_left() -> None:
+    # Given a broker that announces a name and one that has only connected
+    if not rabbitmq_reachable():
+        missing_service("RabbitMQ is not reachable at 127.0.0.1:5672")
+    settings = RabbitSettings(url=RABBITMQ_URL, reconnect_wait=0.2)
+    announcer, looker = RabbitBroker(settings), RabbitBroker(settings)
+    name = f"t.{uuid.uuid4().hex[:12]}"
+    try:
+        await announcer.connect()
+        await looker.connect()
+        await announcer.serve(name, _echo, SubscriptionOptions(group="svc"))
+        # When the announcer leaves (its bindings, perhaps the presence exchange's last, go)
+        await announcer.close()
+        # Then the other broker's first lookup binds without meeting a deleted exchange
+        assert await looker.instances(name) == []
+    finally:
+        await looker.close()
+        await announcer.close()
+        made = (announcer, looker)
+        queues = {q for b in made for q in b.declared_queues}
+        exchanges = {e for b in made for e in b.declared_exchanges}
+        assert not await delete_topology(RABBITMQ_URL, queues, exchanges)

@@ -51,6 +51,8 @@ log = logging.getLogger("omnibus.bus.rabbitmq")
 PRESENCE_EXCHANGE = "omnibus@presence@by-name"
 PRESENCE_ROLL = "omnibus@presence@roll"
 _ALL = "q..all"  # never a topic's probe key: a topic name cannot start with "."
+_KEEP = "k..alive"  # bound by every broker, published to by none
+_START_ATTEMPTS = 5
 
 
 def roll_name(name: str) -> str:
@@ -78,6 +80,20 @@ class PresenceBoard:
     async def start(self, announced: Callable[[], list[Presence]]) -> None:
         """Declare the exchange and this broker's queue, and listen."""
         self._announced = announced
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                await self._open()
+                break
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                # The auto-delete exchange vanished between our declare and our first bind
+                # (the last other broker left just then): declare it again on a new channel.
+                if attempt == _START_ATTEMPTS:
+                    raise BrokerUnavailable("the presence exchange kept disappearing") from None
+                log.info("presence exchange was deleted while binding; declaring it again")
+        assert self._queue is not None
+        await self._queue.consume(self._on_message, no_ack=True)
+
+    async def _open(self) -> None:
         # Confirmed: once announce() returns, the beat is in every interested broker's queue.
         channel = await self._connection.channel(publisher_confirms=True)
         self._channel = channel
@@ -85,7 +101,10 @@ class PresenceBoard:
             PRESENCE_EXCHANGE, aio_pika.ExchangeType.TOPIC, auto_delete=True
         )
         self._queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await self._queue.consume(self._on_message, no_ack=True)
+        # RabbitMQ deletes an auto-delete exchange when its last binding goes; this binding
+        # (a key nothing is published with) keeps it alive for as long as this broker is up, so
+        # a later bind of ours never meets a deleted exchange (NOT_FOUND closes the channel).
+        await self._queue.bind(PRESENCE_EXCHANGE, routing_key=_KEEP)
 
     # -- announcing -----------------------------------------------------------------------
 
