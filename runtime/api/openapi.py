@@ -1,6 +1,6 @@
 """``GET /v1.0/openapi.json``: the OpenAPI 3.1 document of the sidecar's HTTP API.
 
-The document is ``openapi.json`` beside this module, written by hand and kept true by
+The document is ``openapi.json`` beside this module, maintained by hand and kept true by
 ``tests/test_openapi.py`` (every route the app mounts is in it, with its verbs) and
 ``tests/test_schemathesis.py`` (the sidecar answers as it says).  It is read once, when the
 routes are built, and served as the same bytes to every caller.
