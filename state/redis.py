@@ -24,6 +24,7 @@ an etag of a missing key is an ETagMismatch (Dapr reports success).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -114,6 +115,10 @@ class RedisStoreSettings:
     max_retry_backoff: float = 0.512
 
 
+# Dapr's default poolSize is ten connections per CPU.
+_DEFAULT_POOL = 10 * (os.cpu_count() or 1)
+
+
 class RedisStore(StoreLifecycle):
     """A state store on Redis hashes, shareable with Dapr's state.redis."""
 
@@ -131,25 +136,29 @@ class RedisStore(StoreLifecycle):
         if self._client is not None:
             return
         s = self.settings
-        client = aioredis.Redis(
+        # A blocking pool: a burst beyond poolSize waits for a free connection (bounded by the
+        # dial time-out) instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool(
+            connection_class=aioredis.SSLConnection if s.tls else aioredis.Connection,
+            max_connections=s.pool_size or _DEFAULT_POOL,
+            timeout=s.dial_timeout,
             host=s.host,
             port=s.port,
             db=s.db,
             username=s.username,
             password=s.password,
-            ssl=s.tls,
             socket_connect_timeout=s.dial_timeout,
             socket_timeout=s.read_timeout,
-            max_connections=s.pool_size,
             retry=Retry(
                 ExponentialWithJitterBackoff(cap=s.max_retry_backoff, base=s.min_retry_backoff),
                 s.max_retries,
             ),
         )
+        client = aioredis.Redis(connection_pool=pool)
         try:
             await client.ping()
         except RedisError as exc:
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)
             raise _translate(self.name, exc) from exc
         self._client = client
         self._scripts = (client.register_script(_SET), client.register_script(_DELETE))
@@ -159,7 +168,7 @@ class RedisStore(StoreLifecycle):
         await self._inflight.wait_idle(_CLOSE_GRACE)
         client, self._client, self._scripts = self._client, None, None
         if client is not None:
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)
 
     @property
     def client(self) -> aioredis.Redis:

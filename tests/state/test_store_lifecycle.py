@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from state.errors import StoreUnavailable
 from state.postgresql import PostgresSettings, PostgresStore
 from state.redis import RedisStore, RedisStoreSettings
 from state.sqlite import SqliteSettings, SqliteStore
-from state.store import SetRequest, StateStore
+from state.store import DeleteRequest, SetRequest, StateStore
 from tests.backends.redis import RedisServer, free_port, redis_available
 
 
@@ -84,3 +85,17 @@ async def test_calls_in_flight_finish_when_a_store_closes(
     await store.close()
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(r, str | StoreUnavailable) for r in results), results
+
+
+@pytest.mark.redis
+async def test_a_burst_beyond_the_redis_pool_waits_instead_of_failing(
+    redis_server: RedisServer,
+) -> None:
+    settings = RedisStoreSettings(host="127.0.0.1", port=redis_server.port, pool_size=2)
+    prefix = f"burst-{uuid.uuid4().hex[:8]}"
+    async with RedisStore("burst", settings) as store:
+        etags = await asyncio.gather(
+            *(store.set(SetRequest(key=f"{prefix}-{i}", value=b"1")) for i in range(50))
+        )
+        assert len(etags) == 50  # none failed with "Too many connections"
+        await store.transact([DeleteRequest(key=f"{prefix}-{i}") for i in range(50)])
