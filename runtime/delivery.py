@@ -101,7 +101,7 @@ def message_headers(message: Message, pubsubname: str, traceparent: str | None) 
         and not _reserved(key.lower())
     }
     headers["pubsubName"] = pubsubname
-    if traceparent:
+    if traceparent and _HEADER_VALUE.fullmatch(traceparent):  # the publisher's: it may be anything
         headers["traceparent"] = traceparent
     return headers
 

@@ -372,3 +372,13 @@ async def test_metadata_never_frames_the_delivery_or_overrides_sidecar_headers()
     for hop in (b"upgrade", b"proxy-authorization", b"expect"):
         assert hop not in headers
     assert headers[b"x-order"] == [b"42"] and headers[b"partitionkey"] == [b"p1"]
+
+
+async def test_a_traceparent_that_cannot_be_a_header_is_left_out(world: World) -> None:
+    await world.subscribe(spec("orders"))
+    bad = {"cloudevent.traceparent": "00-a\r\nHost: evil", "ttlInSeconds": "60"}  # read whole
+    await world.publish("orders", b"{}", bad)
+    await eventually(lambda: world.app.received)
+    _, event, headers = world.app.received[0]
+    assert event["traceparent"] == "00-a\r\nHost: evil"  # the event keeps what it was given
+    assert "traceparent" not in headers and headers["Host"].startswith("127.0.0.1:")

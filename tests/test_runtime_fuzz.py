@@ -3,8 +3,10 @@
 Every route, every verb, random bodies (JSON of random shape, bulk entries, CloudEvents, deep
 nesting, bytes), random headers and ``metadata.*`` parameters.  Whatever comes in: no 5xx
 without a Dapr error body, no traceback in the log, no broken connection, and the sidecar still
-healthy at the end.  ``OMNIBUS_FUZZ_REQUESTS`` makes a longer run (the suite does 300),
-``OMNIBUS_FUZZ_SEED`` another one.
+healthy at the end; the deliveries of accepted events to a raw app keep flowing, each framed and
+addressed by the sidecar alone, whatever metadata the publisher chose.
+
+``OMNIBUS_FUZZ_REQUESTS`` makes a longer run (the suite does 300), ``OMNIBUS_FUZZ_SEED`` another.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import random
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -24,9 +27,14 @@ import pytest
 import uvicorn
 
 from bus.memory import MemoryBroker, MemoryHub
+from components.specs import Routes, SubscriptionSpec
 from runtime.app import SidecarState, build_app
+from runtime.channel import AppChannel
 from runtime.pubsubs import PubSubs
+from runtime.subscriptions import open_subscriptions
+from tests.helpers import eventually
 from tests.runtime_asgi import Component
+from tests.test_runtime_http1 import RawServer
 
 SEED = int(os.environ.get("OMNIBUS_FUZZ_SEED", "20261202"))
 REQUESTS = int(os.environ.get("OMNIBUS_FUZZ_REQUESTS", "300"))
@@ -164,12 +172,22 @@ def _headers(rng: random.Random) -> dict[str, str]:
     return headers
 
 
+@dataclass
+class Fuzzed:
+    url: str  # the sidecar
+    app: RawServer  # receives the deliveries of topic "orders", byte for byte
+
+
 @pytest.fixture
-async def sidecar_url() -> AsyncIterator[str]:
+async def fuzzed() -> AsyncIterator[Fuzzed]:
     broker = MemoryBroker(MemoryHub())
     pubsubs = PubSubs([Component("pubsub", broker)])
     await pubsubs.connect()
     state = SidecarState(app_id="checkout", pubsubs=pubsubs, api_ready=True)
+    app = await RawServer(_accept).__aenter__()
+    channel = await AppChannel("127.0.0.1", app.port).__aenter__()
+    spec = SubscriptionSpec(pubsubname="pubsub", topic="orders", routes=Routes(default="/events"))
+    (subscription,) = await open_subscriptions([spec], pubsubs, channel, "checkout")
     config = uvicorn.Config(
         build_app(state, max_body_size=64 * 1024),
         host="127.0.0.1",
@@ -186,21 +204,31 @@ async def sidecar_url() -> AsyncIterator[str]:
         while not server.started:
             await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
+    yield Fuzzed(f"http://127.0.0.1:{port}", app)
     server.should_exit = True
     await serving
+    await subscription.stop()
+    await channel.close()
     await pubsubs.close()
+    await app.__aexit__(None, None, None)
+
+
+async def _accept(request: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 
 
 async def test_random_requests_never_break_the_sidecar(
-    sidecar_url: str, caplog: pytest.LogCaptureFixture
+    fuzzed: Fuzzed, caplog: pytest.LogCaptureFixture
 ) -> None:
+    sidecar_url = fuzzed.url
     rng = random.Random(SEED)
     caplog.set_level(logging.WARNING)
     failures: list[str] = []
     async with aiohttp.ClientSession() as session:
         for i in range(REQUESTS):
             method, path, query = rng.choice(METHODS), _path(rng), _query(rng)
+            if "/publish/" in path and rng.random() < 0.7:
+                method = "POST"  # mostly what a publish is, so that many are delivered
             body = _body(rng) if method not in ("GET", "HEAD") or rng.random() < 0.1 else b""
             target = quote(path, safe="/%?.=&")
             url = f"{sidecar_url}{target}" + (f"?{query}" if query else "")
@@ -212,6 +240,14 @@ async def test_random_requests_never_break_the_sidecar(
                     failures.append(f"#{i} {method} {url}: {reply.status} {answer[:200]!r}")
         async with session.get(f"{sidecar_url}/v1.0/healthz") as reply:
             assert reply.status == 204
+        marker = f"{sidecar_url}/v1.0/publish/pubsub/orders"
+        async with session.post(marker, json={"marker": "end"}) as reply:
+            assert reply.status == 204
+    # deliveries still flow, and none was framed or addressed by what a publisher chose
+    await eventually(lambda: any(b'"marker"' in r for r in fuzzed.app.requests))
+    for request in fuzzed.app.requests:
+        _assert_framed_by_the_sidecar(request)
+    assert len(fuzzed.app.requests) > REQUESTS // 30  # it did publish events that were delivered
     assert failures == []
     tracebacks = [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= 40]
     assert tracebacks == []
@@ -225,3 +261,14 @@ def _dapr_error(method: str, reply: aiohttp.ClientResponse, answer: bytes) -> bo
     except orjson.JSONDecodeError:
         return False
     return isinstance(error, dict) and bool(error.get("errorCode")) and bool(error.get("message"))
+
+
+def _assert_framed_by_the_sidecar(request: bytes) -> None:
+    head = request.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]
+    names = [line.split(b":", 1)[0].strip().lower() for line in head]
+    for own in (b"content-length", b"host", b"content-type", b"pubsubname"):
+        assert names.count(own) == 1, request[:600]
+    assert names.count(b"traceparent") <= 1, request[:600]
+    for hop in (b"transfer-encoding", b"connection", b"te", b"upgrade", b"expect", b"keep-alive"):
+        assert hop not in names, request[:600]
+    assert b"content-type: application/cloudevents+json" in request.lower()
