@@ -367,3 +367,147 @@ def _delete_rabbit_objects(cluster: Cluster) -> None:
             queues.add(queue)
             queues.update(f"{queue}@retry@{ms}" for ms in RETRY_LADDER_MS)
     asyncio.run(delete_topology(RABBITMQ_URL, queues, exchanges))
+
+
+@dataclass
+class RestartableRedis:
+    """A private redis-server with an append-only file in tmp, so its data survives a restart
+    on the same port (for outage tests; the session's ``redis_url`` server is never stopped)."""
+
+    binary: str
+    directory: Path
+    port: int
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the server (again) on its port and wait until it accepts connections."""
+        argv = [self.binary, "--port", str(self.port), "--dir", str(self.directory)]
+        argv += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+        self.popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: _accepts(self.port), 10, "redis-server")
+
+    def stop(self) -> None:
+        """SIGTERM: the server flushes its append-only file and exits."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            self.popen.wait(10)
+        wait_until(lambda: not _accepts(self.port), 10, "redis-server to stop")
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
+    """A redis-server private to one test that the test may stop and start again."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        missing_service("redis-server is not installed")
+    assert binary is not None
+    directory = tmp_path / "redis-aof"
+    directory.mkdir()
+    server = RestartableRedis(binary, directory, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.popen is not None and server.popen.poll() is None:
+            server.popen.terminate()
+            server.popen.wait(10)
+
+
+class ThreadedProxy:
+    """tests/rabbitmq_proxy.CuttableProxy on an event loop of its own thread, for tests that
+    drive processes synchronously; :meth:`down` cuts every connection and refuses new ones
+    until :meth:`up`, like a network outage."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        import asyncio
+        import threading
+
+        from tests.rabbitmq_proxy import CuttableProxy
+
+        proxy = CuttableProxy(target_host, target_port)
+        self.proxy = proxy
+        self.refusing = False
+        accept = proxy._accept
+
+        async def gated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if self.refusing:
+                writer.transport.abort()
+                return
+            await accept(reader, writer)
+
+        proxy._accept = gated  # type: ignore[method-assign]
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(proxy.__aenter__(), self.loop).result(10)
+        self.port = proxy.port
+
+    def _call(self, function: Callable[[], None]) -> None:
+        import asyncio
+
+        async def run() -> None:
+            function()
+
+        asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def down(self) -> None:
+        """Cut every connection and refuse new ones."""
+
+        def cut() -> None:
+            self.refusing = True
+            self.proxy.cut()
+
+        self._call(cut)
+
+    def up(self) -> None:
+        """Accept connections again."""
+
+        def accept() -> None:
+            self.refusing = False
+
+        self._call(accept)
+
+    def close(self) -> None:
+        import asyncio
+
+        closing = self.proxy.__aexit__(None, None, None)
+        asyncio.run_coroutine_threadsafe(closing, self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def rabbitmq_proxy() -> Iterator[ThreadedProxy]:
+    """A cuttable TCP proxy in front of the shared RabbitMQ broker."""
+    if not _accepts(5672):
+        missing_service("RabbitMQ is not reachable on 127.0.0.1:5672")
+    proxy = ThreadedProxy("127.0.0.1", 5672)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs mounted for one test (needs root), unmounted at the end."""
+    directory = tmp_path / "small-disk"
+    directory.mkdir()
+    mount = shutil.which("mount")
+    done = subprocess.run(
+        [mount or "mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        missing_service(f"cannot mount a tmpfs: {done.stderr.strip() or done.returncode}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
