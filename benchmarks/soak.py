@@ -37,7 +37,7 @@ WINDOW = 5.0  # seconds averaged at either end of the judged span
 INTERVAL = 1.0  # seconds between samples
 FULL_WARMUP = 60.0
 QUICK_WARMUP = 5.0
-SERIES = (("rss", "MB"), ("fds", "fds"), ("threads", "threads"))
+SERIES = (("rss", "MB"), ("fds", "open"), ("threads", "count"))
 
 Guard = Callable[[Report, str, str, Awaitable[None]], Awaitable[None]]
 
