@@ -1,26 +1,26 @@
-"""The sidecar: Dapr's HTTP API for pub/sub over the omnibus bus (``python -m runtime.sidecar``).
+"""The sidecar: Dapr's HTTP API over the omnibus bus (``python -m runtime.sidecar``).
 
-Modules, in the order a request or a message meets them:
+The package is grouped by concern:
 
-- :mod:`runtime.config`: daprd-like flags -> ``SidecarConfig``; :mod:`runtime.environment`:
-  ``DAPR_API_TOKEN``, ``APP_API_TOKEN``, ``OMNIBUS_HOME``.
-- :mod:`runtime.sidecar`: start-up and the ordered shutdown of one process.
-- :mod:`runtime.middleware`: the API token and the body limit, pure ASGI.
-- :mod:`runtime.publish_api`: ``POST /v1.0/publish``, the hot path, as pure ASGI before the router.
-- :mod:`runtime.app`: the Starlette routes (bulk publish, health, metadata, shutdown).
-- :mod:`runtime.errors`: the one mapping from exceptions to Dapr's error bodies and statuses.
-- :mod:`runtime.cloudevents`, :mod:`runtime.publish`: envelopes as Dapr builds them, and the
-  publisher that coalesces concurrent publishes to a topic into one broker batch.
-- :mod:`runtime.pubsubs`: the pub/sub components of the sidecar and their brokers;
-  :mod:`runtime.scopes`: their topic scoping (``publishingScopes``, ``allowedTopics``...).
-- :mod:`runtime.subscriptions`, :mod:`runtime.routing`, :mod:`runtime.delivery`,
-  :mod:`runtime.bulk`: subscriptions on the bus, CEL routing, delivery to the app and the mapping
-  of its answers, bulk subscribe.
-- :mod:`runtime.intake`: the subscriptions as one intake, held while the app is unhealthy
-  (``--enable-app-health-check``) or a component's inbound circuit breaker is open.
-- :mod:`runtime.channel`, :mod:`runtime.http1`: the pooled keep-alive HTTP client to the app
-  (deliveries, and ``AppChannel.call`` for service invocation), and the app's health probe.
-- :mod:`runtime.api.body`: the one decoder of request bodies, with Go's JSON rules.
+- the process: :mod:`runtime.config` (daprd-like flags -> ``SidecarConfig``),
+  :mod:`runtime.environment` (``DAPR_API_TOKEN``, ``APP_API_TOKEN``, ``OMNIBUS_HOME``),
+  :mod:`runtime.sidecar` (start-up and the ordered shutdown), :mod:`runtime.system_bus` (the broker
+  that carries state and invocation), :mod:`runtime.states` and :mod:`runtime.async_invocations`
+  (building those blocks from the components).
+- :mod:`runtime.api`: the HTTP API, one module per building block: :mod:`~runtime.api.publish`
+  (single publishes as pure ASGI in front of the router, the hot path, and bulk publishes),
+  :mod:`~runtime.api.state`, :mod:`~runtime.api.invoke`, :mod:`~runtime.api.invocations`,
+  :mod:`~runtime.api.meta` (health, metadata, shutdown), :mod:`~runtime.api.openapi`; plus
+  :mod:`~runtime.api.app` (the Starlette app and ``SidecarState``), :mod:`~runtime.api.guard` (the
+  API token and the body limit), :mod:`~runtime.api.dapr_errors` (the one mapping from exceptions
+  to Dapr's error bodies and statuses) and :mod:`~runtime.api.body` (the one decoder of request
+  bodies, with Go's JSON rules).
+- :mod:`runtime.channel`: the pooled keep-alive HTTP/1.1 client to the app
+  (:mod:`~runtime.channel.http1`) and the calls made on it (deliveries, ``AppChannel.call`` for
+  invocation, the health probe).
+- :mod:`runtime.pubsub`: the pubsub components, the coalescing publisher, CloudEvents, the
+  subscriptions, delivery to the app, CEL routing, topic scopes and the intake.
+- :mod:`runtime.cli`: the ``omnibus`` command.
 
 Where omnibus differs from Dapr, on purpose:
 

@@ -36,9 +36,9 @@ from invoke.async_client import AsyncClient
 from invoke.async_server import AsyncPolicy, AsyncServer
 from invoke.call import Call
 from invoke.results import ListingNotSupported, ResultConflict, Results, Stored
+from runtime.api.app import SidecarState
 from runtime.api.invocations import respond_async
 from runtime.api.invoke import channel_caller
-from runtime.app import SidecarState
 from runtime.channel import AppChannel
 from runtime.config import SidecarConfig
 from state import (

@@ -36,7 +36,7 @@ from components.loader import load_resources, parse_programmatic
 from components.registry import build_pubsub, default_home, ensure_default_components
 from components.specs import Resources, SubscriptionSpec
 from runtime.api import invoke as invoke_api
-from runtime.app import SidecarState, build_app
+from runtime.api.app import SidecarState, build_app
 from runtime.async_invocations import (
     serve_async_invocations,
     start_invocations,
@@ -45,11 +45,11 @@ from runtime.async_invocations import (
 from runtime.channel import AppChannel, AppHealth
 from runtime.config import SidecarConfig, parse_args
 from runtime.environment import Environment, read_environment
-from runtime.intake import APP_UNHEALTHY, Intake
-from runtime.pubsubs import PubSubComponent, PubSubs
-from runtime.scopes import TopicScopes
+from runtime.pubsub.components import PubSubComponent, PubSubs
+from runtime.pubsub.intake import APP_UNHEALTHY, Intake
+from runtime.pubsub.scopes import TopicScopes
+from runtime.pubsub.subscribing import unique_subscriptions
 from runtime.states import start_states, stop_states
-from runtime.subscriptions import unique_subscriptions
 from runtime.system_bus import SystemBus, choose_system_bus
 
 log = logging.getLogger("omnibus.runtime")

@@ -15,7 +15,7 @@ from pathlib import Path
 from bus.broker import BaseBroker
 from bus.errors import ConfigError
 from components.specs import ComponentSpec, Resources
-from runtime.pubsubs import PubSubComponent
+from runtime.pubsub.components import PubSubComponent
 from state.feed import ChangeFeed, FeedSettings
 from state.keys import KeyStrategy
 from state.service import StateClient, StateService, StoreConfig

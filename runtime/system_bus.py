@@ -23,7 +23,7 @@ from bus.broker import BaseBroker
 from bus.errors import ConfigError
 from components.registry import DEFAULT_PUBSUB_NAME, build_pubsub
 from components.specs import ComponentSpec
-from runtime.pubsubs import PubSubComponent
+from runtime.pubsub.components import PubSubComponent
 
 EMBEDDED_NAME = "omnibus-system-bus"
 

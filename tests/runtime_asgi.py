@@ -16,7 +16,7 @@ import orjson
 
 from bus.broker import BaseBroker
 from bus.options import RetryPolicy
-from runtime.middleware import ASGIApp
+from runtime.api.guard import ASGIApp
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def test_payload_carries_its_stamp_at_the_requested_size() -> None:
 def test_profile_summary_of_collapsed_stacks() -> None:
     collapsed = "\n".join(
         [
-            "main (/x/runtime/sidecar.py:9);publish (/x/runtime/app.py:3);dumps (json.py:1) 3",
+            "main (/x/runtime/sidecar.py:9);publish (/x/runtime/api/app.py:3);dumps (json.py:1) 3",
             "main (/x/runtime/sidecar.py:9);fetch (/x/bus/redis.py:7) 1",
         ]
     )
@@ -55,7 +55,7 @@ def test_profile_summary_of_collapsed_stacks() -> None:
     assert summary["samples"] == 4
     assert summary["self"][0] == ["dumps (json.py)", 75.0]
     assert summary["inclusive"] == [
-        ["publish (runtime/app.py)", 75.0],
+        ["publish (runtime/api/app.py)", 75.0],
         ["fetch (bus/redis.py)", 25.0],
     ]
 

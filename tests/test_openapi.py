@@ -17,12 +17,12 @@ from starlette.applications import Starlette
 from starlette.routing import Match, Route
 
 from bus.memory import MemoryBroker, MemoryHub
-from runtime import publish_api
+from runtime.api import publish as publish_api
+from runtime.api.app import SidecarState, build_app
+from runtime.api.guard import ASGIApp
 from runtime.api.invoke import INVOKE_PREFIX, InvokeRoute
 from runtime.api.openapi import PATH, load_document
-from runtime.app import SidecarState, build_app
-from runtime.middleware import ASGIApp
-from runtime.pubsubs import PubSubs
+from runtime.pubsub.components import PubSubs
 from tests.runtime_asgi import Component, call
 
 VERBS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")

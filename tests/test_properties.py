@@ -28,8 +28,8 @@ from bus.message import Outcome
 from bus.options import parse_bool, parse_duration
 from components.loader import load_resources, parse_programmatic
 from runtime.api.body import MAX_DEPTH, MalformedBody, NestedTooDeep, field, parse_json
-from runtime.bulk import entry_outcomes
-from runtime.cloudevents import (
+from runtime.pubsub.bulk_delivery import entry_outcomes
+from runtime.pubsub.cloudevents import (
     EventAttributes,
     from_cloudevent,
     has_expired,
@@ -37,7 +37,7 @@ from runtime.cloudevents import (
     parse_ttl,
     rfc3339,
 )
-from runtime.publish import parse_bulk
+from runtime.pubsub.publisher import parse_bulk
 
 PROPERTIES = settings(
     max_examples=150,

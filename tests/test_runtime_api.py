@@ -13,9 +13,9 @@ import pytest
 from bus.memory import MemoryBroker, MemoryHub
 from bus.message import Message
 from components.specs import RouteRule, Routes, SubscriptionSpec
-from runtime.app import SidecarState, build_app
-from runtime.middleware import ASGIApp
-from runtime.pubsubs import PubSubs
+from runtime.api.app import SidecarState, build_app
+from runtime.api.guard import ASGIApp
+from runtime.pubsub.components import PubSubs
 from tests.runtime_asgi import Component, call
 
 APP_ID = "checkout"

@@ -9,11 +9,11 @@ import pytest
 
 from bus.memory import MemoryBroker, MemoryHub
 from bus.message import Outcome
-from runtime.app import SidecarState, build_app
-from runtime.bulk import entry_outcomes
-from runtime.delivery import outcome_of
-from runtime.middleware import ASGIApp
-from runtime.pubsubs import PubSubs
+from runtime.api.app import SidecarState, build_app
+from runtime.api.guard import ASGIApp
+from runtime.pubsub.app_delivery import outcome_of
+from runtime.pubsub.bulk_delivery import entry_outcomes
+from runtime.pubsub.components import PubSubs
 from tests.runtime_asgi import Component, call
 
 

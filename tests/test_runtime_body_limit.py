@@ -18,8 +18,8 @@ import requests
 import uvicorn
 
 from bus.memory import MemoryBroker, MemoryHub
-from runtime.app import SidecarState, build_app
-from runtime.pubsubs import PubSubs
+from runtime.api.app import SidecarState, build_app
+from runtime.pubsub.components import PubSubs
 from tests.runtime_asgi import Component
 
 LIMIT = 1024 * 1024

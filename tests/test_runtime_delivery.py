@@ -15,13 +15,17 @@ from aiohttp import web
 from bus.memory import MemoryBroker, MemoryHub
 from bus.message import Outcome
 from components.specs import BulkSubscribe, RouteRule, Routes, SubscriptionSpec
-from runtime.bulk import entry_outcomes
+from runtime.api.publish import query_metadata
 from runtime.channel import AppChannel
-from runtime.delivery import outcome_of
-from runtime.publish import PublishContext, make_message
-from runtime.publish_api import query_metadata
-from runtime.pubsubs import PubSubs
-from runtime.subscriptions import open_subscriptions, subscription_options, unique_subscriptions
+from runtime.pubsub.app_delivery import outcome_of
+from runtime.pubsub.bulk_delivery import entry_outcomes
+from runtime.pubsub.components import PubSubs
+from runtime.pubsub.publisher import PublishContext, make_message
+from runtime.pubsub.subscribing import (
+    open_subscriptions,
+    subscription_options,
+    unique_subscriptions,
+)
 from tests.helpers import eventually
 from tests.runtime_asgi import Component
 from tests.test_runtime_http1 import RawServer, ok

@@ -28,10 +28,10 @@ import uvicorn
 
 from bus.memory import MemoryBroker, MemoryHub
 from components.specs import Routes, SubscriptionSpec
-from runtime.app import SidecarState, build_app
+from runtime.api.app import SidecarState, build_app
 from runtime.channel import AppChannel
-from runtime.pubsubs import PubSubs
-from runtime.subscriptions import open_subscriptions
+from runtime.pubsub.components import PubSubs
+from runtime.pubsub.subscribing import open_subscriptions
 from tests.helpers import eventually
 from tests.runtime_asgi import Component
 from tests.test_runtime_http1 import RawServer

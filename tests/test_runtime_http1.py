@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from runtime.http1 import (
+from runtime.channel.http1 import (
     _MAX_TARGETS,
     MAX_RESPONSE_HEAD,
     Http1Client,

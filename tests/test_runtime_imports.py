@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from components.specs import RouteRule, Routes
-from runtime.routing import Router
+from runtime.pubsub.routing import Router
 
 
 def _modules_after(statement: str) -> set[str]:
@@ -19,7 +19,7 @@ def _modules_after(statement: str) -> set[str]:
 
 def test_sidecar_import_leaves_cel_out() -> None:
     loaded = _modules_after("import runtime.sidecar")
-    assert "runtime.app" in loaded
+    assert "runtime.api.app" in loaded
     assert "cel" not in loaded
     assert "prompt_toolkit" not in loaded
 

@@ -16,9 +16,9 @@ from components.resiliency import BreakerState
 from components.specs import CircuitBreakerSpec, ResiliencySpec, Routes, SubscriptionSpec
 from runtime.channel import AppChannel, AppHealth
 from runtime.config import HealthCheck
-from runtime.intake import APP_UNHEALTHY, Intake
-from runtime.publish import PublishContext, make_message
-from runtime.pubsubs import PubSubs
+from runtime.pubsub.components import PubSubs
+from runtime.pubsub.intake import APP_UNHEALTHY, Intake
+from runtime.pubsub.publisher import PublishContext, make_message
 from tests.helpers import eventually
 from tests.runtime_asgi import Component, Defaults
 

@@ -16,10 +16,10 @@ from invoke.async_client import AsyncClient
 from invoke.async_server import AsyncPolicy, AsyncServer
 from invoke.call import Call, Reply, async_topic
 from invoke.results import Results
-from runtime.app import SidecarState, build_app
+from runtime.api.app import SidecarState, build_app
+from runtime.api.guard import ASGIApp
 from runtime.async_invocations import Invocations, StateResultStore, async_policy
-from runtime.middleware import ASGIApp
-from runtime.pubsubs import PubSubs
+from runtime.pubsub.components import PubSubs
 from state import Feature, MemoryStore
 from tests.helpers import eventually
 from tests.runtime_asgi import Component, call

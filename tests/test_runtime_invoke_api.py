@@ -21,10 +21,10 @@ from bus.envelope import Headers
 from bus.memory import MemoryBroker, MemoryHub
 from invoke import AppUnreachable, Call, Reply
 from invoke.client import Invoker
+from runtime.api.app import SidecarState, build_app
+from runtime.api.guard import ASGIApp
 from runtime.api.invoke import NO_APP_ID
-from runtime.app import SidecarState, build_app
-from runtime.middleware import ASGIApp
-from runtime.pubsubs import PubSubs
+from runtime.pubsub.components import PubSubs
 
 CALLER, CALLEE = "checkout", "orders"
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -14,15 +14,15 @@ from bus.errors import BrokerClosed, ConfigError, InvalidArgument
 from bus.memory import MemoryBroker
 from bus.message import Message
 from components.specs import RouteRule, Routes
-from runtime.cloudevents import (
+from runtime.pubsub.cloudevents import (
     EventAttributes,
     has_expired,
     new_envelope,
     new_event_id,
     raw_envelope,
 )
-from runtime.publish import Publisher
-from runtime.routing import Router, RoutingError
+from runtime.pubsub.publisher import Publisher
+from runtime.pubsub.routing import Router, RoutingError
 from tests.conftest import MakeBroker
 
 

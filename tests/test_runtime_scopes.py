@@ -7,11 +7,11 @@ import pytest
 
 from bus.memory import MemoryBroker, MemoryHub
 from components.specs import Routes, SubscriptionSpec
-from runtime.app import SidecarState, build_app
+from runtime.api.app import SidecarState, build_app
 from runtime.channel import AppChannel
-from runtime.pubsubs import PubSubs
-from runtime.scopes import TopicScopes
-from runtime.subscriptions import open_subscriptions
+from runtime.pubsub.components import PubSubs
+from runtime.pubsub.scopes import TopicScopes
+from runtime.pubsub.subscribing import open_subscriptions
 from tests.runtime_asgi import Component, call
 
 METADATA = {

@@ -17,9 +17,9 @@ import pytest
 from bus.errors import ConfigError
 from bus.memory import MemoryBroker, MemoryHub
 from components.specs import ComponentSpec, Resources
-from runtime.app import SidecarState, build_app
-from runtime.middleware import ASGIApp
-from runtime.pubsubs import PubSubs
+from runtime.api.app import SidecarState, build_app
+from runtime.api.guard import ASGIApp
+from runtime.pubsub.components import PubSubs
 from runtime.states import build_states
 from state.errors import StoreUnavailable
 from state.keys import KeyStrategy

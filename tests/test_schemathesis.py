@@ -1,6 +1,6 @@
 """schemathesis against runtime/api/openapi.json, on an in-process sidecar app.
 
-The app is the real one (:func:`runtime.app.build_app`) over in-memory components: a memory
+The app is the real one (:func:`runtime.api.app.build_app`) over in-memory components: a memory
 broker as pub/sub component and system bus, an in-memory state store, service invocation served
 by an echo app, async invocations with an in-memory result store.  schemathesis generates
 requests from the document, valid and invalid ones (bounded: 25 examples per operation,
@@ -38,11 +38,11 @@ from invoke.async_server import AsyncPolicy
 from invoke.call import Call, Reply
 from invoke.client import Invoker
 from invoke.results import Results
+from runtime.api.app import SidecarState, build_app
+from runtime.api.guard import ASGIApp
 from runtime.api.openapi import DOCUMENT
-from runtime.app import SidecarState, build_app
 from runtime.async_invocations import Invocations, StateResultStore
-from runtime.middleware import ASGIApp
-from runtime.pubsubs import PubSubs
+from runtime.pubsub.components import PubSubs
 from state import MemoryStore
 from state.keys import KeyStrategy
 from state.service import StateClient, StateService, StoreConfig

@@ -46,11 +46,11 @@ from invoke.async_client import STATUS_HEADER, AsyncClient, Submission
 from invoke.async_server import INVOCATION_ID_HEADER
 from invoke.call import Call, Reply
 from invoke.results import InvocationRecord, ListingNotSupported, Status
+from runtime.api.dapr_errors import ERR_MALFORMED_REQUEST, ApiError, api_error
 from runtime.api.invoke import reply_response
-from runtime.errors import ERR_MALFORMED_REQUEST, ApiError, api_error
 
 if TYPE_CHECKING:
-    from runtime.app import SidecarState
+    from runtime.api.app import SidecarState
 
 ERR_INVOCATION_NOT_FOUND = "ERR_INVOCATION_NOT_FOUND"
 ERR_INVOCATION_NOT_PENDING = "ERR_INVOCATION_NOT_PENDING"

@@ -25,7 +25,7 @@ The callee's status, headers (every value) and body come back verbatim, non-2xx 
 hop-by-hop headers and ``Date`` (the sidecar's server writes its own).  Errors are Dapr's: no app
 id 404 ``ERR_DIRECT_INVOKE``; no running instance, the app not listening, a time-out 500
 ``ERR_DIRECT_INVOKE`` ("failed to invoke, id: X, err: ..."); a body over ``--max-body-size`` 413
-(the :class:`~runtime.middleware.ApiGuard`).
+(the :class:`~runtime.api.guard.ApiGuard`).
 
 ``Prefer: respond-async`` hands the call to the async invocations of ``state.invocations``.
 """
@@ -54,11 +54,11 @@ from invoke.call import AppCaller, Call, Reply
 from invoke.client import NO_POLICY, InvokePolicy, Invoker, RetryRule
 from invoke.errors import AppUnreachable, InvokeError
 from invoke.server import DEFAULT_CONCURRENCY
+from runtime.api.dapr_errors import ApiError, api_error
 from runtime.channel import AppChannel, AppUnavailable, is_hop_by_hop
-from runtime.errors import ApiError, api_error
 
 if TYPE_CHECKING:
-    from runtime.app import SidecarState
+    from runtime.api.app import SidecarState
 
 log = logging.getLogger("omnibus.runtime")
 

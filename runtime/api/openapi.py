@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 if TYPE_CHECKING:
-    from runtime.app import SidecarState
+    from runtime.api.app import SidecarState
 
 PATH = "/v1.0/openapi.json"
 DOCUMENT = Path(__file__).with_name("openapi.json")

@@ -32,6 +32,8 @@ from starlette.routing import BaseRoute, Route
 
 from bus.errors import InvalidArgument
 from runtime.api.body import field, parse_json
+from runtime.api.dapr_errors import ERR_MALFORMED_REQUEST, ApiError, api_error
+from runtime.api.publish import query_metadata
 from runtime.api.state_requests import (
     CONCURRENCY,
     CONSISTENCY,
@@ -42,8 +44,6 @@ from runtime.api.state_requests import (
     string_map,
     transaction_step,
 )
-from runtime.errors import ERR_MALFORMED_REQUEST, ApiError, api_error
-from runtime.publish_api import query_metadata
 from state.errors import BulkError, ETagInvalid, ETagMismatch, NotSupported, StateError
 from state.service import StateClient
 from state.store import BulkItem, DeleteRequest, Feature, Item
@@ -51,7 +51,7 @@ from state.wire import BulkGet, Delete, Get, Query, Result, Save, StoreNotFound,
 from state.wire import Request as StateRequest
 
 if TYPE_CHECKING:
-    from runtime.app import SidecarState
+    from runtime.api.app import SidecarState
 
 ERR_STATE_STORE_NOT_FOUND = "ERR_STATE_STORE_NOT_FOUND"
 ERR_STATE_STORE_NOT_CONFIGURED = "ERR_STATE_STORE_NOT_CONFIGURED"

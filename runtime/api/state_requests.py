@@ -1,10 +1,10 @@
 """The bodies of Dapr's state requests: save items, transaction operations, options, TTLs.
 
 Read with :mod:`runtime.api.body`'s Go field matching; every problem is a 400
-``ERR_MALFORMED_REQUEST`` (:class:`~runtime.errors.ApiError`), except an unknown transaction
-operation, which is Dapr's 400 ``ERR_NOT_SUPPORTED_STATE_OPERATION``.  A JSON value becomes its
-JSON text; ``ttlInSeconds`` is an integer from -1 (never) to 2**31-1, 0 meaning no expiry as in
-Dapr's stores.
+``ERR_MALFORMED_REQUEST`` (:class:`~runtime.api.dapr_errors.ApiError`), except an unknown
+transaction operation, which is Dapr's 400 ``ERR_NOT_SUPPORTED_STATE_OPERATION``.  A JSON value
+becomes its JSON text; ``ttlInSeconds`` is an integer from -1 (never) to 2**31-1, 0 meaning no
+expiry as in Dapr's stores.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from runtime.api.body import field
-from runtime.errors import ERR_MALFORMED_REQUEST, ApiError
+from runtime.api.dapr_errors import ERR_MALFORMED_REQUEST, ApiError
 from state.store import Concurrency, Consistency, DeleteRequest, SetRequest
 
 ERR_NOT_SUPPORTED_STATE_OPERATION = "ERR_NOT_SUPPORTED_STATE_OPERATION"

@@ -133,7 +133,7 @@ def add_publish(commands: Commands) -> None:
 
 
 def _payload(args: argparse.Namespace) -> bytes:
-    from runtime.cloudevents import is_json_type
+    from runtime.pubsub.cloudevents import is_json_type
 
     data: bytes = args.data_file.read_bytes() if args.data_file else args.data.encode()
     if is_json_type(args.content_type):

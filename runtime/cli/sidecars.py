@@ -8,7 +8,8 @@ the same components sees who is up, on any backend.
 ``--dapr-http-port``, or one found through presence: the sidecar of ``--app-id``, else any sidecar
 on that pubsub), so the CloudEvent is built where every publish builds it, with that sidecar's
 app id as its source.  With no sidecar running it publishes on the bus itself, building the same
-envelope with the sidecar's own code (:func:`runtime.publish.make_message`), source ``--app-id``.
+envelope with the sidecar's own code (:func:`runtime.pubsub.publisher.make_message`), source
+``--app-id``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from rich.table import Table
 
 from bus.broker import BaseBroker
 from bus.errors import OmnibusError
-from runtime.publish import PublishContext, make_message
+from runtime.pubsub.publisher import PublishContext, make_message
 
 SIDECAR_PRESENCE = "omnibus.sidecar"
 

@@ -30,10 +30,10 @@ from bus.message import Message, Outcome
 from bus.options import SubscriptionOptions
 from components.resiliency import BreakerState, CircuitBreaker, inbound_breaker
 from components.specs import ResiliencySpec, SubscriptionSpec
+from runtime.api.dapr_errors import ApiError
 from runtime.channel import AppChannel
-from runtime.errors import ApiError
-from runtime.pubsubs import PubSubComponent, PubSubs
-from runtime.subscriptions import make_handler, subscription_options
+from runtime.pubsub.components import PubSubComponent, PubSubs
+from runtime.pubsub.subscribing import make_handler, subscription_options
 
 log = logging.getLogger("omnibus.runtime")
 

@@ -3,7 +3,7 @@
 :class:`PubSubComponent` is the shape of ``components.registry.PubSub`` (name, type, an
 unconnected broker, defaults, capabilities); the runtime depends on that shape only, so tests can
 hand it components built from in-memory brokers.  :class:`PubSubs` owns the connected brokers
-and one coalescing :class:`~runtime.publish.Publisher` per component.
+and one coalescing :class:`~runtime.pubsub.publisher.Publisher` per component.
 """
 
 from __future__ import annotations
@@ -14,9 +14,14 @@ from typing import Protocol
 
 from bus.broker import BaseBroker
 from bus.options import RetryPolicy
-from runtime.errors import ERR_PUBSUB_EMPTY, ERR_PUBSUB_FORBIDDEN, ERR_PUBSUB_NOT_FOUND, ApiError
-from runtime.publish import Publisher
-from runtime.scopes import OPEN, TopicScopes
+from runtime.api.dapr_errors import (
+    ERR_PUBSUB_EMPTY,
+    ERR_PUBSUB_FORBIDDEN,
+    ERR_PUBSUB_NOT_FOUND,
+    ApiError,
+)
+from runtime.pubsub.publisher import Publisher
+from runtime.pubsub.scopes import OPEN, TopicScopes
 
 log = logging.getLogger("omnibus.runtime")
 

@@ -6,7 +6,7 @@ concurrency, queue depth, processing time-out, retry policy (a Resiliency's inbo
 set), and the dead-letter topic (``deadLetterTopic``, else ``<topic>.deadletter``).  A
 subscription to an unknown pub/sub, or one whose routing rules do not compile, is logged and
 skipped, as Dapr does, and so is one outside the component's topic scopes
-(:mod:`runtime.scopes`); the others still start.
+(:mod:`runtime.pubsub.scopes`); the others still start.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from bus.delivery import Handler
 from bus.errors import ConfigError, InvalidArgument
 from bus.options import SubscriptionOptions
 from components.specs import SubscriptionSpec
-from runtime.bulk import BulkHandler
+from runtime.api.dapr_errors import ApiError
 from runtime.channel import AppChannel
-from runtime.delivery import EventHandler, EventPreparer
-from runtime.errors import ApiError
-from runtime.pubsubs import PubSubComponent, PubSubs
-from runtime.routing import Router
+from runtime.pubsub.app_delivery import EventHandler, EventPreparer
+from runtime.pubsub.bulk_delivery import BulkHandler
+from runtime.pubsub.components import PubSubComponent, PubSubs
+from runtime.pubsub.routing import Router
 
 log = logging.getLogger("omnibus.runtime")
 

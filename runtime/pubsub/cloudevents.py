@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from runtime.api.body import MalformedBody, NestedTooDeep, parse_json
-from runtime.errors import CloudEventError, RequestMetadataError
+from runtime.api.dapr_errors import CloudEventError, RequestMetadataError
 
 CLOUDEVENT_CONTENT_TYPE = "application/cloudevents+json"
 EVENT_TYPE = "com.dapr.event.sent"

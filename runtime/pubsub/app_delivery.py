@@ -37,8 +37,8 @@ from bus.message import Message, Outcome
 from components.specs import SubscriptionSpec
 from runtime.api.body import field
 from runtime.channel import AppChannel, AppUnavailable, is_hop_by_hop
-from runtime.cloudevents import CLOUDEVENT_CONTENT_TYPE, has_expired, raw_envelope
-from runtime.routing import Router, RoutingError
+from runtime.pubsub.cloudevents import CLOUDEVENT_CONTENT_TYPE, has_expired, raw_envelope
+from runtime.pubsub.routing import Router, RoutingError
 
 log = logging.getLogger("omnibus.runtime")
 

@@ -1,9 +1,9 @@
 """The sidecar's HTTP API (Dapr v1.0 paths, bodies and status codes) as a Starlette app.
 
 Routes: bulk publish, health, metadata, shutdown; single publishes, the hot path, are served
-in front of the router by :mod:`runtime.publish_api`.  Every route answers errors through
-:func:`runtime.errors.api_error`, so an exception never escapes as a bare 500; the token and the
-body limit are checked before any route by :class:`runtime.middleware.ApiGuard`.
+in front of the router by :mod:`runtime.api.publish`.  Every route answers errors through
+:func:`runtime.api.dapr_errors.api_error`, so an exception never escapes as a bare 500; the
+token and the body limit are checked before any route by :class:`runtime.api.guard.ApiGuard`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from runtime.api import invoke as invoke_api
 from runtime.api import openapi as openapi_api
 from runtime.api import state as state_api
 from runtime.api.body import parse_json
-from runtime.channel import AppChannel
-from runtime.errors import (
+from runtime.api.dapr_errors import (
     ERR_HEALTH_APPID_NOT_MATCH,
     ERR_HEALTH_NOT_READY,
     ERR_INTERNAL,
@@ -41,10 +40,11 @@ from runtime.errors import (
     ApiError,
     api_error,
 )
-from runtime.middleware import ApiGuard
-from runtime.publish import PublishContext, make_message, parse_bulk
-from runtime.publish_api import PublishEndpoint, query_metadata, split_target
-from runtime.pubsubs import PubSubs
+from runtime.api.guard import ApiGuard
+from runtime.api.publish import PublishEndpoint, query_metadata, split_target
+from runtime.channel import AppChannel
+from runtime.pubsub.components import PubSubs
+from runtime.pubsub.publisher import PublishContext, make_message, parse_bulk
 from state.service import StateClient
 
 if TYPE_CHECKING:
@@ -259,7 +259,7 @@ def build_app(
 ) -> ApiGuard:
     """The ASGI app of one sidecar: the routes behind the token and body-limit guard.
 
-    Single publishes are served by :class:`~runtime.publish_api.PublishEndpoint` before the
+    Single publishes are served by :class:`~runtime.api.publish.PublishEndpoint` before the
     router; everything else by Starlette.
     """
     routes: list[BaseRoute] = [*SidecarApi(state).routes()]

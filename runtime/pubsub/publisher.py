@@ -22,14 +22,14 @@ from bus.broker import BaseBroker
 from bus.errors import InvalidArgument
 from bus.message import Message, new_id
 from runtime.api.body import fields
-from runtime.cloudevents import (
+from runtime.api.dapr_errors import RequestMetadataError
+from runtime.pubsub.cloudevents import (
     EventAttributes,
     from_cloudevent,
     is_cloudevent_type,
     is_json_type,
     new_envelope,
 )
-from runtime.errors import RequestMetadataError
 
 _TRUE = frozenset({"1", "t", "true"})
 _FALSE = frozenset({"", "0", "f", "false"})

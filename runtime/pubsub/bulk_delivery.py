@@ -25,8 +25,8 @@ import orjson
 from bus.message import Message, Outcome
 from runtime.api.body import field
 from runtime.channel import AppChannel, AppUnavailable
-from runtime.cloudevents import BULK_EVENT_TYPE, CLOUDEVENT_CONTENT_TYPE
-from runtime.delivery import EventPreparer, Prepared
+from runtime.pubsub.app_delivery import EventPreparer, Prepared
+from runtime.pubsub.cloudevents import BULK_EVENT_TYPE, CLOUDEVENT_CONTENT_TYPE
 
 log = logging.getLogger("omnibus.runtime")
 

@@ -4,7 +4,7 @@ Every publish passes here, so it skips what the Starlette router and its middlew
 request (a third of the sidecar's CPU per publish in a profile): one scan of the headers, the
 query parsed only when there is one, the body read straight from ``receive``.  Everything else
 (bulk publish, health, metadata) goes on to the Starlette app.  Errors take the same path as in
-every other route: :func:`runtime.errors.api_error`.
+every other route: :func:`runtime.api.dapr_errors.api_error`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,15 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 from bus.message import validate_topic
-from runtime.errors import ERR_PUBSUB_PUBLISH_MESSAGE, ERR_TOPIC_NAME_EMPTY, ApiError, api_error
-from runtime.middleware import ASGIApp, Receive, Scope, Send
-from runtime.publish import PublishContext, make_message
-from runtime.pubsubs import PubSubs
+from runtime.api.dapr_errors import (
+    ERR_PUBSUB_PUBLISH_MESSAGE,
+    ERR_TOPIC_NAME_EMPTY,
+    ApiError,
+    api_error,
+)
+from runtime.api.guard import ASGIApp, Receive, Scope, Send
+from runtime.pubsub.components import PubSubs
+from runtime.pubsub.publisher import PublishContext, make_message
 
 PREFIX = "/v1.0/publish/"
 _BULK_PREFIX = "/v1.0/publish/bulk/"

@@ -24,7 +24,7 @@ import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from runtime.errors import ERR_BODY_TOO_LARGE, ApiError
+from runtime.api.dapr_errors import ERR_BODY_TOO_LARGE, ApiError
 
 DRAIN_LIMIT = 64 * 1024 * 1024  # bytes of a refused body read and discarded before the 413
 DRAIN_SECONDS = 10.0

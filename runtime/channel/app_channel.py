@@ -1,10 +1,10 @@
 """The app channel: the sidecar's one pooled, keep-alive HTTP client to its app.
 
-One :class:`~runtime.http1.Http1Client` for the life of the sidecar (aiohttp's client cost four
-times as much CPU per delivery; see that module); its ``limit`` is ``--app-max-concurrency``
-(-1: unbounded), so at most that many calls are in the app at once and the rest wait.  Every call
-carries ``dapr-api-token`` when ``APP_API_TOKEN`` is set.  Time-outs are the caller's (the
-subscription's processing time-out, the invocation's time-out).
+One :class:`~runtime.channel.http1.Http1Client` for the life of the sidecar (aiohttp's client
+cost four times as much CPU per delivery; see that module); its ``limit`` is
+``--app-max-concurrency`` (-1: unbounded), so at most that many calls are in the app at once and
+the rest wait.  Every call carries ``dapr-api-token`` when ``APP_API_TOKEN`` is set.  Time-outs
+are the caller's (the subscription's processing time-out, the invocation's time-out).
 
 :meth:`AppChannel.call` is the general request service invocation makes: any method, the target
 (path and raw query) as given, multi-valued headers both ways, the answer verbatim.  The channel
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from bus.envelope import Headers
 from bus.errors import OmnibusError
 from runtime.api.body import MalformedBody, parse_json
+from runtime.channel.http1 import Http1Client, HttpFailure
 from runtime.config import HealthCheck
-from runtime.http1 import Http1Client, HttpFailure
 
 log = logging.getLogger("omnibus.runtime")
 
@@ -128,7 +128,8 @@ class AppChannel:
 
         ``target`` is the path plus the raw query string; hop-by-hop ``headers`` are dropped.
         A header that cannot be written at all (CR or LF in it) raises
-        :class:`~runtime.http1.InvalidHeader` (an InvalidArgument): the caller's input is wrong.
+        :class:`~runtime.channel.http1.InvalidHeader` (an InvalidArgument): the caller's input is
+        wrong.
         """
         pairs = [(name, value) for name, value in headers.items() if not is_hop_by_hop(name)]
         try:
