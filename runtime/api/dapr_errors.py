@@ -18,10 +18,11 @@ As in Dapr: bad ``metadata.*`` values (``ttlInSeconds``, ``rawPayload``) answer 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import Response
 
 from bus.errors import InvalidArgument, OmnibusError
@@ -91,3 +92,21 @@ def api_error(exc: BaseException, *, failure: str = ERR_INTERNAL) -> ApiError:
         return ApiError(500, failure, f"{type(exc).__name__}: {exc}")
     log.error("unexpected error while serving a request", exc_info=exc)
     return ApiError(500, failure, f"internal error ({type(exc).__name__})")
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def guarded(failure: str = ERR_INTERNAL) -> Callable[[Endpoint], Endpoint]:
+    """Answer every exception of a route with Dapr's error body; ``failure`` is its 500 code."""
+
+    def wrap(endpoint: Endpoint) -> Endpoint:
+        async def guarded_endpoint(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except Exception as exc:
+                return api_error(exc, failure=failure).response()
+
+        return guarded_endpoint
+
+    return wrap
