@@ -8,6 +8,7 @@ another group of the same topic.  Each test deletes what it declared on the shar
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from bus.errors import BrokerUnavailable, PublishError, RequestTimeout
+from bus.errors import BrokerUnavailable, InvalidArgument, PublishError, RequestTimeout
 from bus.message import Message, Outcome
 from bus.options import RetryPolicy, SubscriptionOptions
 from bus.presence import Presence
@@ -361,3 +362,19 @@ async def test_a_refused_rung_declaration_leaves_publishing_alone(
     for i in range(20):
         await broker.publish(other, [Message(data=str(i).encode())])
     assert len(await collector.wait_for(20)) == 20
+
+
+@pytest.mark.rabbitmq
+async def test_a_batch_with_an_unsendable_message_fails_whole_and_leaves_nothing_behind(
+    rabbit: MakeRabbit, topic: str
+) -> None:
+    # Given a batch whose second message has a TTL RabbitMQ cannot take
+    broker = await rabbit()
+    batch = [Message(data=b"ok"), Message(data=b"bad", metadata={"ttlInSeconds": "soon"})]
+    # When it is published, Then it fails as a bad argument before anything is sent, and no
+    # publish coroutine is left un-awaited (warnings are errors in this suite)
+    with pytest.raises(InvalidArgument, match="ttlInSeconds"):
+        await broker.publish(topic, batch)
+    gc.collect()
+    await asyncio.sleep(0)
+    assert await broker.browse(topic, limit=10) == []

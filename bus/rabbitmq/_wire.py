@@ -156,6 +156,9 @@ async def send(
 
     ``ttl`` makes the messages transient calls that expire after that many seconds.
     """
+    # Every message's properties first: one that cannot be sent (a bad ttlInSeconds) raises here,
+    # before any publish coroutine exists that would then be left un-awaited.
+    props = [properties(m, m.reply_to, settings, ttl) for m in batch]
     try:
         async with asyncio.timeout(PUBLISH_TIMEOUT):
             underlay = await channel.get_underlay_channel()
@@ -165,10 +168,10 @@ async def send(
                         m.data,
                         exchange=exchange,
                         routing_key=routing_key,
-                        properties=properties(m, m.reply_to, settings, ttl),
+                        properties=p,
                         mandatory=mandatory,
                     )
-                    for m in batch
+                    for m, p in zip(batch, props, strict=True)
                 ),
                 return_exceptions=True,
             )
