@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -55,6 +56,8 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
             )
     else:
         raise InvalidArgument(f"{what}: expected a duration like '30s' or milliseconds")
+    if not math.isfinite(seconds):  # .nan from YAML, or so many digits that it overflowed
+        raise InvalidArgument(f"{what}: {value!r} is not a finite duration")
     if seconds < 0:
         raise InvalidArgument(f"{what} must not be negative")
     return seconds

@@ -19,6 +19,9 @@ _RANK = (
 )
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def json_path(path: tuple[str, ...]) -> str:
     """``("person", "org")`` -> ``$."person"."org"`` (segments hold no quotes; query checks)."""
     return "$" + "".join(f'."{part}"' for part in path)
@@ -31,6 +34,8 @@ def _eq(path: tuple[str, ...], value: Any) -> tuple[str, list[Any]]:
     if isinstance(value, bool):
         return "json_type(value, ?) = ?", [where, "true" if value else "false"]
     if isinstance(value, int | float):
+        if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+            value = float(value)  # SQLite's JSON reads such a number as a real, and so do we
         return (
             "(json_type(value, ?) IN ('integer', 'real') AND json_extract(value, ?) = ?)",
             [where, where, value],

@@ -125,3 +125,9 @@ def test_a_lease_outlives_the_handler_deadline_and_the_watchdogs_lateness(timeou
     # the watchdog cancels a handler at most one interval late; the lease leaves a margin more
     assert options.lease > timeout + options.watchdog_interval
     assert options.lease <= timeout + 2.0
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "9" * 400])
+def test_a_duration_must_be_finite(value: object) -> None:
+    with pytest.raises(InvalidArgument, match="not a finite duration"):
+        parse_duration(value, what="redeliverInterval")

@@ -390,6 +390,17 @@ async def test_query_compares_json_types_strictly_and_sorts_by_code_point(
     assert by_value == ["s1", "f", "n1", "t", "nul"]
 
 
+async def test_query_takes_integers_beyond_64_bits(
+    queryable: StateStore, key: Key, prefix: str
+) -> None:
+    big = 2**63  # one past SQLite's INTEGER
+    await queryable.bulk_set(
+        [SetRequest(key("big"), b'{"v": 9223372036854775808}'), SetRequest(key("one"), b'{"v": 1}')]
+    )
+    assert await _query(queryable, prefix, {"filter": {"EQ": {"v": big}}}) == ["big"]
+    assert await _query(queryable, prefix, {"filter": {"IN": {"v": [big, 2]}}}) == ["big"]
+
+
 async def test_empty_bulk_set_and_transaction_do_nothing(store: StateStore) -> None:
     await store.bulk_set([])
     await store.transact([])
