@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from bus.backoff import Backoff
 from bus.envelope import Headers
 from bus.errors import OmnibusError
 from runtime.api.body import MalformedBody, parse_json
@@ -28,6 +29,10 @@ from runtime.config import HealthCheck
 log = logging.getLogger("omnibus.runtime")
 
 SUBSCRIBE_PATH = "/dapr/subscribe"
+# The project's one backoff curve (bus.backoff): waiting for the app port to open, and for
+# GET /dapr/subscribe while the app is still starting.
+_LISTEN_BACKOFF = Backoff(initial=0.02, maximum=0.5, jitter=0.0)
+_SUBSCRIBE_BACKOFF = Backoff(initial=0.05, maximum=1.0, jitter=0.0)
 
 # RFC 9110 7.6.1's connection-specific headers, plus what the channel writes itself.
 HOP_BY_HOP = frozenset(
@@ -155,12 +160,12 @@ class AppChannel:
 
         With ``health_path``, wait until a GET on it answers 2xx as well.
         """
-        delay = 0.02
+        attempt = 0
         while True:
             if await self._accepts() and (health_path is None or await self._healthy(health_path)):
                 return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            attempt += 1
+            await asyncio.sleep(_LISTEN_BACKOFF.delay(attempt))
 
     async def _accepts(self) -> bool:
         try:
@@ -189,7 +194,6 @@ class AppChannel:
         Retried with a backoff while the app is still starting (connection errors, 5xx), as
         Dapr does; read once per start.
         """
-        delay = 0.05
         for attempt in range(1, attempts + 1):
             try:
                 status, body = await self.get(SUBSCRIBE_PATH, timeout)
@@ -211,8 +215,7 @@ class AppChannel:
                 if status < 500:
                     break
             if attempt < attempts:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await asyncio.sleep(_SUBSCRIBE_BACKOFF.delay(attempt))
         log.error("GET %s failed (%s); no programmatic subscriptions", SUBSCRIBE_PATH, problem)
         return None
 
