@@ -14,39 +14,16 @@ sent if set.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from typing import TypeAlias
 
 from rich.console import Console
 from rich.table import Table
 
-from bus.errors import OmnibusError
+from runtime.cli.sidecar_api import Answer, send, sidecar_url
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 PATH = "/v1.0-alpha1/invocations"
-
-
-class SidecarNotFound(OmnibusError):
-    """No running sidecar of the app could be found."""
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A sidecar's HTTP answer."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def json(self) -> object:
-        """The body as JSON."""
-        return json.loads(self.body)
 
 
 def add_invocations(commands: Commands) -> None:
@@ -84,59 +61,15 @@ def _target_options(parser: argparse.ArgumentParser) -> None:
     _resources_option(parser)
 
 
-def sidecar_url(args: argparse.Namespace) -> str:
-    """The base URL of the sidecar to ask (see the module docstring)."""
-    if args.sidecar:
-        return str(args.sidecar).rstrip("/")
-    if args.dapr_http_port:
-        return f"http://127.0.0.1:{args.dapr_http_port}"
-    from runtime.cli.resources import open_pubsubs
-    from runtime.cli.sidecars import live_sidecars
-
-    async def find() -> str | None:
-        async with open_pubsubs(args.resources_path, environ=os.environ) as brokers:
-            mine = [s for s in await live_sidecars(brokers) if s.app_id == args.app_id]
-        newest = max(mine, key=lambda s: s.started, default=None)
-        return None if newest is None else newest.address
-
-    found = asyncio.run(find())
-    if found is None:
-        raise SidecarNotFound(f"no running sidecar of app {args.app_id!r} was found")
-    return found.rstrip("/")
-
-
-def ask(url: str, method: str = "GET", timeout: float = 30.0) -> Answer:
-    """One request to the sidecar; HTTP errors are answers too, connection errors raise."""
-    headers = {}
-    if token := os.environ.get("DAPR_API_TOKEN"):
-        headers["dapr-api-token"] = token
-    request = urllib.request.Request(url, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return Answer(response.status, list(response.headers.items()), response.read())
-    except urllib.error.HTTPError as exc:
-        return Answer(exc.code, list(exc.headers.items()), exc.read())
-    except OSError as exc:
-        raise SidecarNotFound(f"{url}: {exc}") from exc
-
-
 def _failed(console: Console, answer: Answer) -> int:
-    try:
-        error = answer.json()
-    except ValueError:
-        error = None
-    if isinstance(error, dict) and "errorCode" in error:
-        text = f"{error['errorCode']}: {error.get('message', '')}"
-    else:
-        text = answer.body.decode(errors="replace")
-    console.print(f"{answer.status} {text}", style="red")
+    console.print(f"{answer.status} {answer.error()}", style="red")
     return 1
 
 
 def run_list(args: argparse.Namespace, console: Console) -> int:
     """Print the app's invocations as a table."""
     query = f"?status={args.status}" if args.status else ""
-    answer = ask(sidecar_url(args) + PATH + query)
+    answer = send("GET", sidecar_url(args, args.app_id) + PATH + query)
     if answer.status != 200:
         return _failed(console, answer)
     rows = answer.json()
@@ -162,8 +95,8 @@ def run_list(args: argparse.Namespace, console: Console) -> int:
 
 def run_get(args: argparse.Namespace, console: Console) -> int:
     """Print one invocation: pending, cancelled, or its recorded response."""
-    answer = ask(f"{sidecar_url(args)}{PATH}/{args.id}")
-    status = dict((k.lower(), v) for k, v in answer.headers).get("dapr-invocation-status")
+    answer = send("GET", f"{sidecar_url(args, args.app_id)}{PATH}/{args.id}")
+    status = answer.header("dapr-invocation-status")
     if answer.status == 202:
         body = answer.json()
         attempts = body.get("attempts", 0) if isinstance(body, dict) else 0
@@ -185,7 +118,7 @@ def run_get(args: argparse.Namespace, console: Console) -> int:
 
 def run_cancel(args: argparse.Namespace, console: Console) -> int:
     """Cancel one pending invocation."""
-    answer = ask(f"{sidecar_url(args)}{PATH}/{args.id}", method="DELETE")
+    answer = send("DELETE", f"{sidecar_url(args, args.app_id)}{PATH}/{args.id}")
     if answer.status != 200:
         return _failed(console, answer)
     console.print(f"{args.id}: cancelled")

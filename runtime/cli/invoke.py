@@ -14,18 +14,14 @@ location until the invocation finished (or ``--timeout`` passed) and prints the 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
 from rich.console import Console
 
 from bus.errors import OmnibusError
+from runtime.cli.sidecar_api import Answer, send, sidecar_url
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -34,19 +30,6 @@ _POLL_FIRST, _POLL_MAX = 0.1, 1.0
 
 class InvokeCommandFailed(OmnibusError):
     """The command could not reach a sidecar or was given bad arguments."""
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A sidecar's HTTP answer: status, headers as sent, body."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        """The first value of header ``name``."""
-        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
 
 
 def add_invoke(commands: Commands) -> None:
@@ -85,7 +68,7 @@ def run_invoke(args: argparse.Namespace, console: Console) -> int:
     """Send the invocation and print its answer; 0 for a 2xx answer."""
     if args.wait and not args.async_:
         raise InvokeCommandFailed("--wait needs --async")
-    base = _sidecar_url(args)
+    base = sidecar_url(args)
     headers = _headers(args.header)
     body = args.data_file.read_bytes() if args.data_file else (args.data or "").encode()
     if body and not any(k.lower() == "content-type" for k, _ in headers):
@@ -93,7 +76,7 @@ def run_invoke(args: argparse.Namespace, console: Console) -> int:
     if args.async_:
         headers.append(("Prefer", "respond-async"))
     url = f"{base}/v1.0/invoke/{args.app_id}/method/{args.method.lstrip('/')}"
-    answer = send(args.verb.upper(), url, headers, body, timeout=args.timeout)
+    answer = send(args.verb.upper(), url, headers=headers, body=body, timeout=args.timeout)
     if args.async_ and answer.status == 202 and (location := answer.header("location")):
         console.print(f"accepted: {location}")
         if not args.wait:
@@ -107,7 +90,7 @@ def _wait(url: str, timeout: float) -> Answer:
     deadline = time.monotonic() + timeout
     pause = _POLL_FIRST
     while True:
-        answer = send("GET", url, [], b"", timeout=timeout)
+        answer = send("GET", url, timeout=timeout)
         if answer.status != 202:
             return answer
         if time.monotonic() + pause > deadline:
@@ -124,24 +107,6 @@ def _print(console: Console, answer: Answer) -> int:
     return 0 if ok else 1
 
 
-def send(
-    method: str, url: str, headers: list[tuple[str, str]], body: bytes, *, timeout: float
-) -> Answer:
-    """One request; an HTTP error status is an answer too, a connection error raises."""
-    request = urllib.request.Request(url, data=body or None, method=method)
-    for name, value in headers:
-        request.add_header(name, value)
-    if token := os.environ.get("DAPR_API_TOKEN"):
-        request.add_header("dapr-api-token", token)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return Answer(response.status, list(response.headers.items()), response.read())
-    except urllib.error.HTTPError as exc:
-        return Answer(exc.code, list(exc.headers.items()), exc.read())
-    except OSError as exc:
-        raise InvokeCommandFailed(f"{url}: {exc}") from exc
-
-
 def _headers(pairs: list[str]) -> list[tuple[str, str]]:
     headers = []
     for pair in pairs:
@@ -150,26 +115,3 @@ def _headers(pairs: list[str]) -> list[tuple[str, str]]:
             raise InvokeCommandFailed(f"--header {pair!r}: expected NAME=VALUE")
         headers.append((name.strip(), value))
     return headers
-
-
-def _sidecar_url(args: argparse.Namespace) -> str:
-    if args.sidecar:
-        return str(args.sidecar).rstrip("/")
-    if args.dapr_http_port:
-        return f"http://127.0.0.1:{args.dapr_http_port}"
-    from runtime.cli.resources import open_pubsubs
-    from runtime.cli.sidecars import live_sidecars
-
-    async def find() -> str | None:
-        async with open_pubsubs(args.resources_path, environ=os.environ) as brokers:
-            sidecars = await live_sidecars(brokers)
-        newest = max(sidecars, key=lambda s: s.started, default=None)
-        return None if newest is None else newest.address
-
-    found = asyncio.run(find())
-    if found is None:
-        raise InvokeCommandFailed(
-            "no running sidecar found (start one with 'omnibus run', or pass --sidecar URL or "
-            "--dapr-http-port PORT)"
-        )
-    return found.rstrip("/")

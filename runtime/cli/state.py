@@ -10,12 +10,8 @@ sidecar found through presence on the pubsub components of the resources path (t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -24,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bus.errors import OmnibusError
+from runtime.cli.sidecar_api import Answer, send, sidecar_url
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -73,7 +70,7 @@ def add_state(commands: Commands) -> None:
 
 def run_state(args: argparse.Namespace, console: Console) -> int:
     """Run one state sub-command; the exit code (1 when a key is absent)."""
-    sidecar = Http(_sidecar_url(args), os.environ.get("DAPR_API_TOKEN") or None)
+    sidecar = Http(sidecar_url(args, args.app_id))
     store = urllib.parse.quote(args.store, safe="")
     if args.state_action == "get":
         return _get(sidecar, store, args.key, console)
@@ -93,9 +90,10 @@ def _get(sidecar: Http, store: str, key: str, console: Console) -> int:
         Console(stderr=True, highlight=False, markup=False).print(f"{key!r}: no value")
         return 1
     console.print(reply.body.decode("utf-8", "replace"), soft_wrap=True)
-    extra = [f"etag: {reply.headers['etag']}"] if reply.headers.get("etag") else []
-    if reply.headers.get("metadata.ttlexpiretime"):
-        extra.append(f"expires: {reply.headers['metadata.ttlexpiretime']}")
+    etag, expires = reply.header("etag"), reply.header("metadata.ttlexpiretime")
+    extra = [f"etag: {etag}"] if etag else []
+    if expires:
+        extra.append(f"expires: {expires}")
     if extra:
         Console(stderr=True, highlight=False, markup=False).print(", ".join(extra))
     return 0
@@ -145,46 +143,11 @@ def _quote(key: str) -> str:
     return urllib.parse.quote(key, safe="")
 
 
-def _sidecar_url(args: argparse.Namespace) -> str:
-    if args.sidecar:
-        return str(args.sidecar).rstrip("/")
-    if args.dapr_http_port:
-        return f"http://127.0.0.1:{args.dapr_http_port}"
-    return asyncio.run(_find_sidecar(args.resources_path, args.app_id))
-
-
-async def _find_sidecar(paths: list[Path], app_id: str | None) -> str:
-    from runtime.cli.resources import open_pubsubs
-    from runtime.cli.sidecars import live_sidecars
-
-    async with open_pubsubs(paths, environ=os.environ) as brokers:
-        sidecars = await live_sidecars(brokers)
-    if app_id is not None:
-        sidecars = [s for s in sidecars if s.app_id == app_id]
-    if not sidecars:
-        which = f"of app {app_id!r} " if app_id else ""
-        raise StateCommandFailed(
-            f"no running sidecar {which}found (start one with 'omnibus run', or pass "
-            "--sidecar URL or --dapr-http-port PORT)"
-        )
-    return max(sidecars, key=lambda s: s.started).address.rstrip("/")
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A sidecar's answer: status, headers (lower-case names), body."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
 @dataclass(frozen=True, slots=True)
 class Http:
     """A sidecar's HTTP API; any answer that is not 2xx raises :class:`StateCommandFailed`."""
 
     base: str
-    token: str | None = None
     timeout: float = 30.0
 
     def call(
@@ -197,24 +160,9 @@ class Http:
     ) -> Answer:
         """Send one request and return the answer."""
         sent = {"Content-Type": "application/json", **(headers or {})}
-        if self.token:
-            sent["dapr-api-token"] = self.token
-        request = urllib.request.Request(self.base + path, data=body, headers=sent, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                answer_headers = {k.lower(): v for k, v in response.headers.items()}
-                return Answer(response.status, answer_headers, response.read())
-        except urllib.error.HTTPError as exc:
-            raise StateCommandFailed(f"{method} {path}: {exc.code} {_error(exc.read())}") from None
-        except OSError as exc:
-            raise StateCommandFailed(f"{self.base}: {exc}") from exc
-
-
-def _error(body: bytes) -> str:
-    try:
-        error = json.loads(body)
-    except ValueError:
-        return body.decode(errors="replace").strip()
-    if isinstance(error, dict) and "errorCode" in error:
-        return f"{error['errorCode']}: {error.get('message', '')}"
-    return body.decode(errors="replace").strip()
+        answer = send(
+            method, self.base + path, headers=list(sent.items()), body=body, timeout=self.timeout
+        )
+        if not answer.ok:
+            raise StateCommandFailed(f"{method} {path}: {answer.status} {answer.error()}")
+        return answer
