@@ -207,3 +207,34 @@ def test_a_store_is_reached_over_every_bus_backend(cluster: Cluster, pubsub: Pub
     assert bulk[0] == {"key": "k"} and bulk[1]["data"] == 2
     stale = client.post(f"/v1.0/state/{name}", json=[{"key": "k2", "value": 3, "etag": "999"}])
     assert stale.status_code == 409 and stale.json()["errorCode"] == "ERR_STATE_SAVE"
+
+
+@pytest.mark.redis
+def test_a_sidecar_shares_redis_state_with_dapr_s_layout(cluster: Cluster, redis_url: str) -> None:
+    # Given Dapr's hello-world statestore.yaml on a Redis that a Dapr sidecar also writes to
+    import redis
+
+    host, _, port = redis_url.rpartition(":")
+    raw = redis.Redis(host=host, port=int(port))
+    app_id = cluster.app_id("nodeapp")
+    store = component(
+        "statestore",
+        "state.redis",
+        {"redisHost": redis_url, "redisPassword": "", "actorStateStore": "true"},
+    )
+    sidecar = cluster.sidecar(app_id, cluster.resources(store))
+    try:
+        # When Dapr wrote a key (its hash: data = JSON text, version = the etag)
+        raw.hset(f"{app_id}||order", mapping={"data": '{"orderId":7}', "version": "3"})
+        # Then omnibus reads it, with Dapr's etag
+        reply = get(sidecar, "order")
+        assert reply.status_code == 200 and reply.json() == {"orderId": 7}
+        assert reply.headers["ETag"] == "3"
+        # And what omnibus writes is a hash with exactly Dapr's fields
+        save(sidecar, "order", {"orderId": 8})
+        written = raw.hgetall(f"{app_id}||order")
+        assert set(written) == {b"data", b"version"}
+        assert json.loads(written[b"data"]) == {"orderId": 8} and written[b"version"] == b"4"
+    finally:
+        raw.delete(f"{app_id}||order")
+        raw.close()
