@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import TracebackType
 
+from state.errors import StoreUnavailable
 from state.store import Concurrency, DeleteRequest, SetRequest
 
 
@@ -59,3 +61,33 @@ class InFlight:
         """Return once no operation runs, or after ``timeout`` seconds."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
+
+
+class PeriodicPurge:
+    """Deletes a store's expired rows every ``interval`` seconds (``cleanupInterval``), in a task.
+
+    A purge that fails because the backend is down is tried again at the next interval.
+    """
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, interval: float, purge: Callable[[], Awaitable[object]]) -> None:
+        """Start purging, unless ``interval`` is 0 or negative (disabled)."""
+        if interval > 0 and self._task is None:
+            self._task = asyncio.create_task(self._run(interval, purge))
+
+    async def stop(self) -> None:
+        """Stop purging (idempotent)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @staticmethod
+    async def _run(interval: float, purge: Callable[[], Awaitable[object]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(StoreUnavailable):
+                await purge()

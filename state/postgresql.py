@@ -36,7 +36,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from state._common import given_etag, needs_absent
+from state._common import PeriodicPurge, given_etag, needs_absent
 from state._postgres_query import select_sql
 from state._postgres_schema import connect_arguments, migrate
 from state.errors import BulkError, ETagMismatch, StateError, StoreUnavailable
@@ -88,7 +88,7 @@ class PostgresStore(StoreLifecycle):
         self.name = name
         self.settings = settings
         self._pool: Any = None
-        self._cleanup: asyncio.Task[None] | None = None
+        self._purge = PeriodicPurge()
 
     async def connect(self) -> None:
         """Open the pool, run Dapr's migrations and start the periodic purge."""
@@ -111,16 +111,11 @@ class PostgresStore(StoreLifecycle):
             await pool.close()
             raise
         self._pool = pool
-        if s.cleanup_interval > 0:
-            self._cleanup = asyncio.create_task(self._purge_periodically())
+        self._purge.start(self.settings.cleanup_interval, self.purge_expired)
 
     async def close(self) -> None:
         """Stop the purge and close the pool."""
-        if self._cleanup is not None:
-            self._cleanup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._cleanup
-            self._cleanup = None
+        await self._purge.stop()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -271,12 +266,6 @@ class PostgresStore(StoreLifecycle):
             yield
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"state store {self.name!r}: PostgreSQL: {exc}") from exc
-
-    async def _purge_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.cleanup_interval)
-            with contextlib.suppress(StoreUnavailable):
-                await self.purge_expired()
 
 
 def _item(row: Any) -> Item:

@@ -27,7 +27,6 @@ Beyond Dapr: the purge is on by default (Dapr's default interval is 0, off), and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from functools import partial
 from typing import Any, TypeVar, cast
 
 from state import _sqlite_statements as sql
+from state._common import PeriodicPurge
 from state._sqlite_db import Database, from_timestamp, timestamp
 from state._sqlite_query import select_sql
 from state.errors import BulkError, StateError, StoreUnavailable
@@ -78,7 +78,7 @@ class SqliteStore(StoreLifecycle):
         self.settings = settings
         self._executor: ThreadPoolExecutor | None = None
         self._db: Database | None = None
-        self._cleanup: asyncio.Task[None] | None = None
+        self._purge = PeriodicPurge()
         self._pending: list[tuple[_Write, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._reads: list[tuple[list[str], asyncio.Future[dict[str, Item]]]] = []
@@ -95,16 +95,11 @@ class SqliteStore(StoreLifecycle):
             self._executor.shutdown(wait=False)
             self._executor = None
             raise
-        if self.settings.cleanup_interval > 0:
-            self._cleanup = asyncio.create_task(self._purge_periodically())
+        self._purge.start(self.settings.cleanup_interval, self.purge_expired)
 
     async def close(self) -> None:
         """Stop the purge, commit the waiting writes, close the connection and the thread."""
-        if self._cleanup is not None:
-            self._cleanup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._cleanup
-            self._cleanup = None
+        await self._purge.stop()
         for task in (self._flusher, self._reader):
             if task is not None:
                 await asyncio.shield(task)
@@ -252,9 +247,3 @@ class SqliteStore(StoreLifecycle):
 
     def _select(self, statement: str, params: list[Any]) -> list[tuple[str, str, str, Any]]:
         return list(self._database.conn.execute(statement, params))
-
-    async def _purge_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.cleanup_interval)
-            with contextlib.suppress(StoreUnavailable):
-                await self.purge_expired()
