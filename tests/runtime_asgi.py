@@ -2,17 +2,21 @@
 
 A few lines of ASGI instead of an HTTP client: requests go straight to the app, with or without a
 ``Content-Length`` (chunked bodies arrive in several ``http.request`` messages).  Also: pub/sub
-components over in-memory brokers, shaped like ``components.registry.PubSub``.
+components over in-memory brokers, shaped like ``components.registry.PubSub``, and
+:func:`served`, the app behind a real uvicorn server for tests that need real sockets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+import uvicorn
 
 from bus.broker import BaseBroker
 from bus.options import RetryPolicy
@@ -107,3 +111,28 @@ async def call(
     payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     reply_headers = {k.decode(): v.decode() for k, v in start.get("headers", [])}
     return Reply(start["status"], reply_headers, payload)
+
+
+@contextlib.asynccontextmanager
+async def served(app: ASGIApp) -> AsyncIterator[int]:
+    """``app`` served by uvicorn (httptools) on a free loopback port, which is yielded."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        http="httptools",
+        loop="none",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        yield int(server.servers[0].sockets[0].getsockname()[1])
+    finally:
+        server.should_exit = True
+        await serving

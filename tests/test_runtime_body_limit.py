@@ -15,12 +15,11 @@ from collections.abc import AsyncIterator, Iterator
 import orjson
 import pytest
 import requests
-import uvicorn
 
 from bus.memory import MemoryBroker, MemoryHub
 from runtime.api.app import SidecarState, build_app
 from runtime.pubsub.components import PubSubs
-from tests.runtime_asgi import Component
+from tests.runtime_asgi import Component, served
 
 LIMIT = 1024 * 1024
 BIG = 8 * 1024 * 1024 + 7
@@ -32,25 +31,8 @@ async def base_url() -> AsyncIterator[str]:
     pubsubs = PubSubs([Component("pubsub", broker)])
     await pubsubs.connect()
     state = SidecarState(app_id="checkout", pubsubs=pubsubs, api_ready=True)
-    config = uvicorn.Config(
-        build_app(state, max_body_size=LIMIT),
-        host="127.0.0.1",
-        port=0,
-        http="httptools",
-        loop="none",
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:
-            await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}/v1.0/publish/pubsub/t"
-    server.should_exit = True
-    await serving
+    async with served(build_app(state, max_body_size=LIMIT)) as port:
+        yield f"http://127.0.0.1:{port}/v1.0/publish/pubsub/t"
     await pubsubs.close()
 
 

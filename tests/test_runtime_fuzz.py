@@ -11,7 +11,6 @@ addressed by the sidecar alone, whatever metadata the publisher chose.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -24,7 +23,6 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import pytest
-import uvicorn
 
 from bus.memory import MemoryBroker, MemoryHub
 from components.specs import Routes, SubscriptionSpec
@@ -33,7 +31,7 @@ from runtime.channel import AppChannel
 from runtime.pubsub.components import PubSubs
 from runtime.pubsub.subscribing import open_subscriptions
 from tests.helpers import eventually
-from tests.runtime_asgi import Component
+from tests.runtime_asgi import Component, served
 from tests.test_runtime_http1 import RawServer
 
 SEED = int(os.environ.get("OMNIBUS_FUZZ_SEED", "20261202"))
@@ -188,25 +186,8 @@ async def fuzzed() -> AsyncIterator[Fuzzed]:
     channel = await AppChannel("127.0.0.1", app.port).__aenter__()
     spec = SubscriptionSpec(pubsubname="pubsub", topic="orders", routes=Routes(default="/events"))
     (subscription,) = await open_subscriptions([spec], pubsubs, channel, "checkout")
-    config = uvicorn.Config(
-        build_app(state, max_body_size=64 * 1024),
-        host="127.0.0.1",
-        port=0,
-        http="httptools",
-        loop="none",
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:
-            await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield Fuzzed(f"http://127.0.0.1:{port}", app)
-    server.should_exit = True
-    await serving
+    async with served(build_app(state, max_body_size=64 * 1024)) as port:
+        yield Fuzzed(f"http://127.0.0.1:{port}", app)
     await subscription.stop()
     await channel.close()
     await pubsubs.close()
