@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +78,21 @@ class Run:
         self.copier.join(timeout=2)
         return code
 
+    def ready(self, check: Callable[[], bool], deadline: float) -> bool:
+        """Poll ``check`` until it holds; False if this run exits or ``deadline`` passes first."""
+        while not check():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    def succeeded(self, deadline: float) -> bool:
+        """Wait for the exit; True for code 0, else say why it failed."""
+        code = self.wait(deadline)
+        if code != 0:
+            say(f"FAILED: the {self.name} exited with {'a time-out' if code is None else code}")
+        return code == 0
+
     def stop(self) -> None:
         """SIGTERM (omnibus run stops the app, then the sidecar), then kill."""
         if self.process.poll() is None:
@@ -122,11 +137,9 @@ def run_invocation(env: Mapping[str, str], deadline: float) -> int:
     )
     runs = [service]
     try:
-        while not healthy(service_port):
-            if service.process.poll() is not None or time.monotonic() > deadline:
-                say("FAILED: order-service's sidecar never became healthy")
-                return 1
-            time.sleep(0.2)
+        if not service.ready(lambda: healthy(service_port), deadline):
+            say("FAILED: order-service's sidecar never became healthy")
+            return 1
         say("5. order-client invokes order-service, sync then async, and keeps state of its own")
         client = Run(
             "client",
@@ -135,8 +148,7 @@ def run_invocation(env: Mapping[str, str], deadline: float) -> int:
             env,
         )
         runs.append(client)
-        if (code := client.wait(deadline)) != 0:
-            say(f"FAILED: the client exited with {code if code is not None else 'a time-out'}")
+        if not client.succeeded(deadline):
             return 1
     finally:
         for run in runs:
@@ -159,11 +171,9 @@ def run_demo(home: Path, deadline: float) -> int:
     )
     runs = [subscriber]
     try:
-        while not subscribed(sub_port, "orders"):
-            if subscriber.process.poll() is not None or time.monotonic() > deadline:
-                say("FAILED: the subscriber's sidecar never subscribed to 'orders'")
-                return 1
-            time.sleep(0.2)
+        if not subscriber.ready(lambda: subscribed(sub_port, "orders"), deadline):
+            say("FAILED: the subscriber's sidecar never subscribed to 'orders'")
+            return 1
         say(f"2. subscribed; publishing {ORDERS} orders from order-publisher")
         publisher = Run(
             "publisher",
@@ -172,12 +182,10 @@ def run_demo(home: Path, deadline: float) -> int:
             env,
         )
         runs.append(publisher)
-        if (code := publisher.wait(deadline)) != 0:
-            say(f"FAILED: the publisher exited with {code if code is not None else 'a time-out'}")
+        if not publisher.succeeded(deadline):
             return 1
         say("3. published; waiting for the subscriber to receive every order")
-        if (code := subscriber.wait(deadline)) != 0:
-            say(f"FAILED: the subscriber exited with {code if code is not None else 'a time-out'}")
+        if not subscriber.succeeded(deadline):
             return 1
     finally:
         for run in runs:
