@@ -451,6 +451,7 @@ class BaseBroker(abc.ABC):
         if not await self._has_responders(topic):
             raise NoResponders(f"no live instance serves {topic!r}")
         inbox = await self._get_inbox()
+        await self._inbox_connected(timeout)
         correlation_id, future = inbox.expect()
         metadata = {**message.metadata, MODE_KEY: RequestMode.CALL.value}
         metadata[TTL_KEY] = str(max(1, int(timeout * 1000)))
@@ -520,6 +521,12 @@ class BaseBroker(abc.ABC):
     async def _publish_call(self, topic: str, request: Message, ttl: float) -> None:
         """Publish a call-mode request that is worthless after ``ttl`` seconds."""
         await self._publish(topic, [request])
+
+    async def _inbox_connected(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until the inbox can receive; a backend whose inbox
+        reconnects overrides this, so a call made during an outage waits for the inbox rather
+        than sending a request whose reply nobody would hear."""
+        return None
 
     def _inbox_lost(self, reason: str) -> None:
         """The inbox reconnected: replies sent meanwhile may be gone, so fail who waits for one."""

@@ -24,9 +24,10 @@ Storage layout (one Redis database; each key with its lifetime):
   expiry on the per-name keys; listings ignore beats older than the heartbeat TTL.
 
 Modules: ``broker`` (the broker, request/reply and presence), ``settings`` (the component's
-settings), ``_wire`` (encoding of entries and replies, connections, error translation),
-``_pipeline`` (batching of concurrent commands), ``_scripts`` (the Lua scripts) and ``_source``
-(the consumer of one group).  ``broker`` imports ``_source``, never the reverse.
+settings), ``link`` (the lean pipelined connection every per-message command goes out on, and the
+Pub/Sub listener of the reply inbox), ``_wire`` (encoding of entries and replies, redis-py
+connections, error translation), ``_scripts`` (the Lua scripts) and ``_source`` (the consumer of
+one group).  ``broker`` imports ``_source``, never the reverse.
 """
 
 from bus.redis.broker import RedisBroker

@@ -13,18 +13,19 @@ from typing import Any, Protocol, TypeVar
 
 from redis import exceptions as rexc
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
 
-from bus.errors import BrokerError
+from bus.errors import BrokerError, BrokerUnavailable
 from bus.message import Message
 from bus.options import SubscriptionOptions
 from bus.redis._scripts import Scripts
 from bus.redis._wire import NETWORK_ERRORS, decode, encode, pairs, reconnecting
+from bus.redis.link import RedisLink
 from bus.redis.settings import RedisSettings
 
 log = logging.getLogger("omnibus.bus.redis")
 
 T = TypeVar("T")
+_SETTLE_ERRORS = (*NETWORK_ERRORS, BrokerUnavailable)
 
 
 @dataclass(slots=True)
@@ -50,6 +51,9 @@ class StreamHost(Protocol):
     async def trim(self, topic: str) -> None:
         """Trim ``topic`` to what some group still needs."""
 
+    async def send(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Commands on the broker's pipelined link (acks, retry records); their raw replies."""
+
 
 class RedisSource:
     """One consumer (this instance) of one group on one stream."""
@@ -71,8 +75,8 @@ class RedisSource:
         self._next_due = 0.0
         self._local_due = math.inf
         self._next_trim = 0.0
-        self._reading = reconnecting(f"reading {topic}")
-        self._reader: AbstractConnection | None = None  # the blocking reads' own connection
+        self._reading = reconnecting(f"reading {topic}", on=_SETTLE_ERRORS)
+        self._reader: RedisLink | None = None  # the blocking reads' own connection
 
     async def create_group(self) -> None:
         """Create the group at the start of the stream (and the stream) unless it exists."""
@@ -86,7 +90,7 @@ class RedisSource:
         """Due retries and reclaimed entries first, then new entries (blocking briefly)."""
         try:  # the common case without tenacity's bookkeeping: it runs once per read
             return await self._fetch_bounded(limit)
-        except NETWORK_ERRORS:  # the connection is down: back off and retry until it is back
+        except _SETTLE_ERRORS:  # the connection is down: back off and retry until it is back
             return await self._reading(self._fetch_bounded, limit)
 
     async def _fetch_bounded(self, limit: int) -> list[RedisDelivery]:
@@ -138,17 +142,21 @@ class RedisSource:
         ]
 
     async def _read(self, *args: Any) -> Any:
-        """One command on this source's own connection, its raw reply.
+        """One command on this source's own link, its raw reply (an error reply raised).
 
-        A blocking XREADGROUP holds its connection for up to BLOCK ms anyway, and going through
-        the pool (acquire, redis-py's retry wrapper, release, reply callbacks) was a tenth of a
-        subscribing sidecar's CPU.  redis-py disconnects the connection on any failure or
-        cancellation; the next read connects again.
+        A blocking XREADGROUP holds its connection for up to BLOCK ms, so it cannot share the
+        broker's link; this one is the source's alone.
         """
         if self._reader is None:
-            self._reader = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-        await self._reader.send_command(*args)
-        return await self._reader.read_response()
+            self._reader = RedisLink(
+                self._broker.settings.address_of_server,
+                timeout=self._block + self._io_timeout,
+                retries=0,  # fetch backs off and retries itself
+            )
+        [reply] = await self._reader.run([args])
+        if isinstance(reply, rexc.ResponseError):
+            raise reply
+        return reply
 
     async def _claim(self, limit: int, *, idle: bool) -> list[RedisDelivery]:
         # Retries scheduled while the script runs may miss its answer: remember them apart.
@@ -198,7 +206,9 @@ class RedisSource:
     async def ack(self, deliveries: Sequence[RedisDelivery]) -> None:
         """One XACK for the whole batch; then trim the stream now and then."""
         ids = [d.entry_id for d in deliveries]
-        await self._settling("acking", self._redis.xack, self._topic, self._group, *ids)
+        await self._settling(
+            "acking", self._broker.send, [("XACK", self._topic, self._group, *ids)]
+        )
         if time.monotonic() >= self._next_trim:
             self._next_trim = time.monotonic() + self._trim_every
             await self._broker.trim(self._topic)
@@ -207,7 +217,9 @@ class RedisSource:
         """Record when the entry is due again; it stays pending meanwhile."""
         due_ms = int((time.time() + delay) * 1000)
         await self._settling(
-            "scheduling a retry", self._redis.zadd, self._retry_key, {delivery.entry_id: due_ms}
+            "scheduling a retry",
+            self._broker.send,
+            [("ZADD", self._retry_key, due_ms, delivery.entry_id)],
         )
         due = time.monotonic() + delay
         self._next_due = min(self._next_due, due)
@@ -233,13 +245,13 @@ class RedisSource:
         """Make unsettled deliveries due at once, for any consumer of the group."""
         now_ms = int(time.time() * 1000)
         async with asyncio.timeout(self._io_timeout):  # shutdown must not hang on a dead link
-            await self._redis.zadd(self._retry_key, {d.entry_id: now_ms for d in deliveries})
+            pairs_ = [x for d in deliveries for x in (now_ms, d.entry_id)]
+            await self._broker.send([("ZADD", self._retry_key, *pairs_)])
 
     async def close(self) -> None:
         """Forget this consumer in the group if it holds no pending entries."""
         if self._reader is not None:
-            with contextlib.suppress(Exception):
-                await self._reader.disconnect()
+            await self._reader.close()
             self._reader = None
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self._io_timeout):
@@ -256,6 +268,8 @@ class RedisSource:
 
         try:
             return await attempt()
-        except NETWORK_ERRORS:  # the connection is down: back off and retry for a while
-            retrying = reconnecting(f"{what} on {self._topic}", give_up_after=self._interval)
+        except _SETTLE_ERRORS:  # the connection is down: back off and retry for a while
+            retrying = reconnecting(
+                f"{what} on {self._topic}", give_up_after=self._interval, on=_SETTLE_ERRORS
+            )
             return await retrying(attempt)

@@ -114,11 +114,13 @@ def translate(exc: Exception, doing: str) -> BrokerError:
 RECONNECT = Backoff(initial=0.05, maximum=2.0, jitter=0.1)
 
 
-def reconnecting(what: str, give_up_after: float | None = None) -> tenacity.AsyncRetrying:
+def reconnecting(
+    what: str,
+    give_up_after: float | None = None,
+    on: tuple[type[BaseException], ...] = NETWORK_ERRORS,
+) -> tenacity.AsyncRetrying:
     """Retry on network errors with exponential backoff (forever, or for ``give_up_after`` s)."""
-    return RECONNECT.retrying(
-        f"Redis: {what}", on=NETWORK_ERRORS, give_up_after=give_up_after, logger=log
-    )
+    return RECONNECT.retrying(f"Redis: {what}", on=on, give_up_after=give_up_after, logger=log)
 
 
 def encode_reply(reply: Message) -> bytes:

@@ -5,7 +5,6 @@ The storage layout is described in the package docstring (:mod:`bus.redis`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -16,7 +15,6 @@ from typing import Any
 import orjson
 from redis import exceptions as rexc
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
@@ -27,11 +25,9 @@ from bus.message import Message, stored_age
 from bus.options import SubscriptionOptions
 from bus.presence import HEARTBEAT_TTL, Presence
 from bus.presence_keys import instance_of, storage_instance
-from bus.redis._pipeline import Pipeliner
 from bus.redis._scripts import Scripts
 from bus.redis._source import RedisSource
 from bus.redis._wire import (
-    NETWORK_ERRORS,
     PackedConnection,
     PackedSSLConnection,
     call_raw,
@@ -39,9 +35,10 @@ from bus.redis._wire import (
     decode_reply,
     encode,
     encode_reply,
-    reconnecting,
+    pairs,
     translate,
 )
+from bus.redis.link import Command, RedisLink, RedisListener
 from bus.redis.settings import RedisSettings
 
 log = logging.getLogger("omnibus.bus.redis")
@@ -62,11 +59,10 @@ class RedisBroker(BaseBroker):
         super().__init__(instance=instance, drain_timeout=drain_timeout)
         self.settings = settings if settings is not None else RedisSettings()
         self._client: Redis | None = None
-        self._pipeliner: Pipeliner | None = None
+        self._link: RedisLink | None = None
         self._scripts: Scripts | None = None
-        self._pubsub: PubSub | None = None
+        self._listener: RedisListener | None = None
         self._clock_offset_ms = 0.0  # Redis' clock minus ours, see _sync_clock
-        self._inbox_task: asyncio.Task[None] | None = None
 
     @property
     def client(self) -> Redis:
@@ -110,7 +106,7 @@ class RedisBroker(BaseBroker):
             await client.aclose()
             raise translate(exc, f"connecting to {s.address}") from exc
         self._client = client
-        self._pipeliner = Pipeliner(client, s.read_timeout + s.write_timeout)
+        self._link = RedisLink(s.address_of_server, timeout=s.read_timeout + s.write_timeout)
         self._scripts = Scripts(client)
         await self._sync_clock()
 
@@ -126,23 +122,29 @@ class RedisBroker(BaseBroker):
         return stored_age(request, self._clock_offset_ms)
 
     async def _disconnect(self) -> None:
-        if self._inbox_task is not None:
-            self._inbox_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._inbox_task
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-        if self._pipeliner is not None:
-            self._pipeliner.close()
+        if self._listener is not None:
+            await self._listener.close()
+        if self._link is not None:
+            await self._link.close()
         if self._client is not None:
             await self._client.aclose()
-        self._client = self._pipeliner = self._scripts = self._pubsub = None
+        self._client = self._link = self._scripts = self._listener = None
 
-    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        if self._pipeliner is None:
+    async def send(self, commands: Sequence[Command]) -> list[Any]:
+        """Run ``commands`` in order on the broker's pipelined link; their raw RESP2 replies.
+
+        Concurrent callers share the connection, each gets its own replies; an error reply fails
+        the caller's whole group with :class:`PublishError`.
+        """
+        if self._link is None:
             raise BrokerClosed("the Redis broker is not connected")
-        return await self._pipeliner.run(commands)
+        replies = await self._link.run(commands)
+        for reply in replies:
+            if isinstance(reply, rexc.ResponseError):
+                raise PublishError(f"Redis refused a write: {reply}")
+        return replies
+
+    _send = send
 
     async def _publish(self, topic: str, batch: Sequence[Message]) -> None:
         cap = self.settings.max_len_approx
@@ -206,36 +208,34 @@ class RedisBroker(BaseBroker):
 
     async def _open_inbox(self, deliver: Callable[[Message], None]) -> str:
         channel = f"omnibus:inbox:{self.instance}.{uuid.uuid4().hex[:8]}"
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(channel)
-        # Called on every reconnect (after redis-py's own callback has resubscribed).
-        assert pubsub.connection is not None
-        pubsub.connection.register_connect_callback(self._inbox_reconnected)
-        self._pubsub = pubsub
-        self._inbox_task = asyncio.create_task(self._read_inbox(pubsub, deliver), name="inbox")
+
+        def received(payload: bytes) -> None:
+            try:
+                reply = decode_reply(payload)
+            except (ValueError, KeyError, TypeError):
+                log.exception("unreadable reply on the inbox")
+                return
+            deliver(reply)
+
+        s = self.settings
+        # Pub/Sub keeps nothing for a channel nobody listens on: a reply published while the
+        # inbox was away is gone, so whoever waits gets ReplyLost rather than a time-out (the
+        # listener reports the loss and, again, the return).
+        listener = RedisListener(
+            s.address_of_server,
+            channel,
+            received,
+            self._inbox_lost,
+            timeout=s.read_timeout + s.write_timeout,
+            client_name=f"omnibus-inbox-{self.instance}",
+        )
+        await listener.start()
+        self._listener = listener
         return channel
 
-    async def _read_inbox(self, pubsub: PubSub, deliver: Callable[[Message], None]) -> None:
-        reconnect = reconnecting("reading the reply inbox")
-        while True:
-            try:
-                item = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            except NETWORK_ERRORS as exc:
-                # Redis is away for longer than redis-py's own retries; the reconnect callback
-                # fails the requests sent meanwhile once the inbox is back.
-                self._inbox_lost(f"Redis Pub/Sub connection lost: {exc}")
-                item = await reconnect(pubsub.get_message, ignore_subscribe_messages=True)
-            if item is None or item.get("type") != "message":
-                continue
-            try:
-                deliver(decode_reply(item["data"]))
-            except Exception:
-                log.exception("unreadable reply on the inbox")
-
-    def _inbox_reconnected(self, connection: object) -> None:
-        # Pub/Sub keeps nothing for a channel nobody listens on: a reply published while the
-        # inbox was away is gone, so whoever waits gets ReplyLost rather than a time-out.
-        self._inbox_lost("the Redis Pub/Sub connection of the reply inbox was re-established")
+    async def _inbox_connected(self, timeout: float) -> None:
+        if self._listener is not None:
+            await self._listener.wait_connected(timeout)
 
     async def _send_reply(self, address: str, reply: Message) -> None:
         await self._send([("PUBLISH", address, encode_reply(reply))])
@@ -279,20 +279,20 @@ class RedisBroker(BaseBroker):
             names = [n.decode() for n in raw]
         else:
             names = [name]
-        commands: list[tuple[Any, ...]] = []
+        commands: list[Command] = []
         for each in names:
             beats, infos = _presence_keys(each)
             commands += [("ZRANGEBYSCORE", beats, since, "+inf", "WITHSCORES"), ("HGETALL", infos)]
         replies = await self._send(commands) if commands else []
         found: list[Presence] = []
         for each, live, details in zip(names, replies[::2], replies[1::2], strict=True):
-            found += _presences(each, live, details)
+            found += _presences(each, live, pairs(details))
         return found
 
 
-def _presences(name: str, live: list[Any], details: dict[bytes, bytes]) -> list[Presence]:
+def _presences(name: str, live: list[bytes], details: dict[bytes, bytes]) -> list[Presence]:
     found = []
-    for instance, beat in live:  # redis-py pairs WITHSCORES replies
+    for instance, beat in zip(live[::2], live[1::2], strict=True):  # RESP2: member, score, ...
         raw = details.get(instance)
         info = orjson.loads(raw) if raw else {}
         found.append(
