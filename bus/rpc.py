@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Protocol
@@ -73,10 +73,11 @@ class Inbox:
     def __init__(self, address: str) -> None:
         self.address = address
         self._waiting: dict[str, asyncio.Future[Message]] = {}
+        self._ids = itertools.count(1)  # unique within the inbox, whose address is unique
 
     def expect(self) -> tuple[str, asyncio.Future[Message]]:
         """A fresh correlation id and the future its reply will resolve."""
-        correlation_id = uuid.uuid4().hex
+        correlation_id = f"{next(self._ids):x}"
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiting[correlation_id] = future
         future.add_done_callback(lambda _: self._waiting.pop(correlation_id, None))
@@ -103,14 +104,21 @@ class Inbox:
 
 
 async def await_reply(future: asyncio.Future[Message], topic: str, timeout: float) -> Message:
-    """Wait for a reply, turning a time-out into :class:`RequestTimeout`."""
+    """Wait for a reply, turning a time-out into :class:`RequestTimeout`.
+
+    The time-out fails the future itself (one timer, no context manager: this runs once per
+    call), so a cancellation of the caller still reaches it as a cancellation.
+    """
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, future, topic, timeout)
     try:
-        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives
-        # as the reply does, and a caller being shut down would then never stop.
-        async with asyncio.timeout(timeout):
-            return await future
-    except TimeoutError:
-        raise RequestTimeout(f"no reply from {topic!r} within {timeout:g}s") from None
+        return await future
+    finally:
+        timer.cancel()
+
+
+def _expire(future: asyncio.Future[Message], topic: str, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(RequestTimeout(f"no reply from {topic!r} within {timeout:g}s"))
 
 
 def make_reply(request: Message, result: Message | bytes) -> Message:

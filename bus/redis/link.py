@@ -86,24 +86,36 @@ def _arguments(command: Command) -> Command:
     return command
 
 
-class _Pending:
-    __slots__ = ("count", "future", "replies")
+class _TimedOut(BrokerUnavailable):
+    """Redis did not answer in time: the connection is closed and the command not retried."""
 
-    def __init__(self, count: int, future: asyncio.Future[list[Any]]) -> None:
+
+class _Pending:
+    __slots__ = ("count", "future", "replies", "sent")
+
+    def __init__(self, count: int, future: asyncio.Future[list[Any]], sent: float) -> None:
         self.count = count
         self.future = future
+        self.sent = sent
         self.replies: list[Any] = []
 
 
 class _LinkProtocol(asyncio.Protocol):
-    """Matches replies to the commands written, in order."""
+    """Matches replies to the commands written, in order.
 
-    def __init__(self) -> None:
+    One watchdog timer per connection, not one per command, fails the connection when its oldest
+    command has waited ``timeout`` seconds: every later command waits behind that one anyway.
+    """
+
+    def __init__(self, label: str, timeout: float) -> None:
         self.transport: asyncio.Transport | None = None
         self.waiting: deque[_Pending] = deque()
         self.lost = False
+        self._label = label
+        self._timeout = timeout
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._unsent: list[bytes] = []
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -115,8 +127,22 @@ class _LinkProtocol(asyncio.Protocol):
         if not self._unsent:
             loop.call_soon(self._flush)
         self._unsent.append(pack(commands))
-        self.waiting.append(_Pending(len(commands), future))
+        now = loop.time()
+        self.waiting.append(_Pending(len(commands), future, now))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(now + self._timeout, self._watch)
         return future
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        if self.lost or not self.waiting:
+            return
+        due = self.waiting[0].sent + self._timeout
+        loop = asyncio.get_running_loop()
+        if loop.time() >= due:
+            self.fail(_TimedOut(f"Redis at {self._label} did not answer within {self._timeout:g}s"))
+        else:
+            self._watchdog = loop.call_at(due, self._watch)
 
     def _flush(self) -> None:
         unsent, self._unsent = self._unsent, []
@@ -140,12 +166,18 @@ class _LinkProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         reason = f": {exc}" if exc else ""
         self._fail_waiting(BrokerUnavailable(f"the connection to Redis was lost{reason}"))
 
     def fail(self, error: BrokerError) -> None:
         """Close the connection and fail everyone waiting on it with ``error``."""
         self.lost = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._fail_waiting(error)
         if self.transport is not None:
             self.transport.abort()
@@ -197,13 +229,9 @@ class RedisLink:
             except Exception as exc:
                 raise BrokerError(f"cannot send to Redis: {exc}") from exc
             try:
-                async with asyncio.timeout(self._timeout):
-                    return await future
-            except TimeoutError:
-                protocol.fail(BrokerUnavailable("a command to Redis timed out"))
-                raise BrokerUnavailable(
-                    f"Redis at {self.address.label} did not answer within {self._timeout:g}s"
-                ) from None
+                return await future
+            except _TimedOut:
+                raise
             except BrokerUnavailable:
                 if self._closed or attempt == self._retries:
                     raise
@@ -221,7 +249,9 @@ class RedisLink:
         async with self._connecting:
             if self._protocol is not None and not self._protocol.lost:
                 return self._protocol
-            opened = await _open(self.address, _LinkProtocol)
+            opened = await _open(
+                self.address, lambda: _LinkProtocol(self.address.label, self._timeout)
+            )
             assert isinstance(opened, _LinkProtocol)
             await _handshake(opened, self.address, self._timeout)
             if self._closed:
@@ -242,12 +272,7 @@ async def _handshake(protocol: _LinkProtocol, address: RedisAddress, timeout: fl
     commands = address.handshake()
     if not commands:
         return
-    try:
-        async with asyncio.timeout(timeout):
-            replies = await protocol.send(commands)
-    except TimeoutError:
-        protocol.fail(BrokerUnavailable("the Redis handshake timed out"))
-        raise BrokerUnavailable(f"Redis at {address.label} did not answer its login") from None
+    replies = await protocol.send(commands)  # the watchdog bounds the wait
     for reply in replies:
         if isinstance(reply, ResponseError):
             protocol.fail(BrokerError("login refused"))

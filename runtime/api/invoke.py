@@ -35,8 +35,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import random
 import re
-import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
@@ -243,8 +243,8 @@ def child_traceparent(given: str | None) -> str:
     if match is not None and match[1] != "0" * 32:
         trace, flags = match[1], match[2]
     else:
-        trace, flags = secrets.token_hex(16), "01"
-    return f"00-{trace}-{secrets.token_hex(8)}-{flags}"
+        trace, flags = f"{random.getrandbits(128):032x}", "01"  # unique, not secret
+    return f"00-{trace}-{random.getrandbits(64):016x}-{flags}"
 
 
 def reply_response(reply: Reply, *, head: bool = False) -> Response:
