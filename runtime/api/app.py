@@ -76,14 +76,17 @@ def build_app(
 ) -> ApiGuard:
     """The ASGI app of one sidecar: the routes behind the token and body-limit guard.
 
-    Single publishes are served by :class:`~runtime.api.publish.PublishEndpoint` before the
-    router; everything else by Starlette.
+    Single publishes are served by :class:`~runtime.api.publish.PublishEndpoint` and
+    ``/v1.0/invoke/...`` by :class:`~runtime.api.invoke.InvokeEndpoint` before the router;
+    everything else by Starlette.
     """
     routes: list[BaseRoute] = [*publish_api.bulk_routes(state), *meta_api.routes(state)]
     routes += state_api.routes(state)
     routes += invocations_api.routes(state)
     routes += openapi_api.routes(state)  # GET /v1.0/openapi.json
-    routes += invoke_api.routes(state)  # last: the dapr-app-id form takes any path
+    invoke_route = invoke_api.InvokeRoute(state)
+    routes.append(invoke_route)  # last: the dapr-app-id form takes any path
     app = Starlette(routes=routes, lifespan=lifespan)
-    endpoint = publish_api.PublishEndpoint(app, pubsubs=state.pubsubs, app_id=state.app_id)
+    fast = invoke_api.InvokeEndpoint(app, invoke_route)
+    endpoint = publish_api.PublishEndpoint(fast, pubsubs=state.pubsubs, app_id=state.app_id)
     return ApiGuard(endpoint, api_token=api_token, max_body_size=max_body_size)

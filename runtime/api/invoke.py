@@ -44,7 +44,7 @@ from urllib.parse import unquote
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bus.envelope import Headers
 from bus.message import validate_name
@@ -92,9 +92,23 @@ _POLICY_CACHE = 1024
 _WRITTEN_BY_SERVER = frozenset({"date"})
 
 
-def routes(state: SidecarState) -> list[BaseRoute]:
-    """The invocation routes; mount them LAST: the fallback of every other path."""
-    return [InvokeRoute(state)]
+class InvokeEndpoint:
+    """Sends ``/v1.0/invoke/...`` straight to ``route``, past Starlette's middleware and router
+    (which would try every route before its fallback); every other request goes to ``app``.
+
+    No other route lives under that prefix, so the answer is the router's; the route turns every
+    failure into Dapr's error body itself.
+    """
+
+    def __init__(self, app: ASGIApp, route: InvokeRoute) -> None:
+        self._app = app
+        self._route = route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(INVOKE_PREFIX):
+            await self._route.handle(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
 
 
 class InvokeRoute(BaseRoute):
