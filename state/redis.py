@@ -24,6 +24,7 @@ an etag of a missing key is an ETagMismatch (Dapr reports success).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,11 +34,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bus.errors import BrokerError, BrokerUnavailable
+from bus.redis.link import Command, RedisAddress, RedisLink
 from state._common import InFlight, given_etag, needs_absent
 from state.errors import (
     BulkError,
@@ -93,6 +95,22 @@ return redis.call("DEL", KEYS[1])
 
 
 @dataclass(frozen=True, slots=True)
+class _Script:
+    """A Lua script and the SHA1 that EVALSHA names it by."""
+
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, source: str) -> _Script:
+        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
+_SET_SCRIPT = _Script.of(_SET)
+_DELETE_SCRIPT = _Script.of(_DELETE)
+
+
+@dataclass(frozen=True, slots=True)
 class RedisStoreSettings:
     """Parsed ``state.redis`` metadata; durations in seconds, ``ttl`` the default TTL.
 
@@ -128,7 +146,7 @@ class RedisStore(StoreLifecycle):
         base = {Feature.ETAG, Feature.TRANSACTIONAL, Feature.TTL}
         self.features = frozenset(base | ({Feature.ACTOR} if settings.actor_state_store else set()))
         self._client: aioredis.Redis | None = None
-        self._scripts: tuple[AsyncScript, AsyncScript] | None = None
+        self._link: RedisLink | None = None
         self._inflight = InFlight()
 
     async def connect(self) -> None:
@@ -161,12 +179,16 @@ class RedisStore(StoreLifecycle):
             await client.aclose(close_connection_pool=True)
             raise _translate(self.name, exc) from exc
         self._client = client
-        self._scripts = (client.register_script(_SET), client.register_script(_DELETE))
+        address = RedisAddress(s.host, s.port, s.username, s.password, s.db, s.tls, s.dial_timeout)
+        self._link = RedisLink(address, timeout=s.read_timeout, retries=s.max_retries)
 
     async def close(self) -> None:
-        """Let running operations finish (a few seconds at most), then close the pool."""
+        """Let running operations finish (a few seconds at most), then close the connections."""
         await self._inflight.wait_idle(_CLOSE_GRACE)
-        client, self._client, self._scripts = self._client, None, None
+        client, self._client = self._client, None
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
         if client is not None:
             await client.aclose(close_connection_pool=True)
 
@@ -177,17 +199,35 @@ class RedisStore(StoreLifecycle):
             raise StoreUnavailable(f"state store {self.name!r} is not connected")
         return self._client
 
-    @property
-    def _set(self) -> AsyncScript:
-        if self._scripts is None:
-            raise StoreUnavailable(f"state store {self.name!r} is not connected")
-        return self._scripts[0]
+    async def _run(self, commands: Sequence[Command]) -> list[Any]:
+        """Commands on the store's pipelined link (gets, saves, deletes); their raw replies.
 
-    @property
-    def _delete(self) -> AsyncScript:
-        if self._scripts is None:
+        Concurrent operations share one connection, each gets its own replies; an error reply
+        stands in its command's place, a lost or silent server is StoreUnavailable.
+        """
+        if self._link is None:
             raise StoreUnavailable(f"state store {self.name!r} is not connected")
-        return self._scripts[1]
+        try:
+            return await self._link.run(commands)
+        except BrokerUnavailable as exc:
+            raise StoreUnavailable(f"state store {self.name!r}: Redis unreachable: {exc}") from exc
+        except BrokerError as exc:
+            raise StoreUnavailable(f"state store {self.name!r}: Redis error: {exc}") from exc
+
+    async def _scripts(self, calls: Sequence[tuple[_Script, str, Sequence[Any]]]) -> list[Any]:
+        """Run scripts ``(source, key, args)`` by EVALSHA; a server that lacks one (restarted,
+        flushed) gets those calls again as EVAL, which loads them."""
+        replies = await self._run(
+            [("EVALSHA", script.sha, 1, key, *args) for script, key, args in calls]
+        )
+        missing = [i for i, r in enumerate(replies) if _no_script(r)]
+        if missing:
+            again = await self._run(
+                [("EVAL", calls[i][0].source, 1, calls[i][1], *calls[i][2]) for i in missing]
+            )
+            for index, reply in zip(missing, again, strict=True):
+                replies[index] = reply
+        return replies
 
     async def get(self, key: str) -> Item | None:
         """The hash of ``key`` as an item."""
@@ -201,14 +241,10 @@ class RedisStore(StoreLifecycle):
     async def _bulk_get_now(self, keys: Sequence[str]) -> list[BulkItem]:
         if not keys:
             return []
-        pipe = self.client.pipeline(transaction=False)
+        commands: list[Command] = []
         for key in keys:
-            pipe.hgetall(key)
-            pipe.pexpiretime(key)
-        try:
-            replies = await pipe.execute(raise_on_error=False)
-        except RedisError as exc:
-            raise _translate(self.name, exc) from exc
+            commands += [("HGETALL", key), ("PEXPIRETIME", key)]
+        replies = await self._run(commands)
         result = []
         for index, key in enumerate(keys):
             fields, expiry = replies[2 * index], replies[2 * index + 1]
@@ -222,10 +258,9 @@ class RedisStore(StoreLifecycle):
 
     async def _set_now(self, request: SetRequest) -> str:
         args = self._set_args(request)
-        try:
-            version = await self._set(keys=[request.key], args=args)
-        except RedisError as exc:
-            raise _translate(self.name, exc) from exc
+        [version] = await self._scripts([(_SET_SCRIPT, request.key, args)])
+        if isinstance(version, ResponseError):
+            raise _translate(self.name, version)
         return str(version)
 
     async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
@@ -235,21 +270,14 @@ class RedisStore(StoreLifecycle):
 
     async def _bulk_set_now(self, requests: Sequence[SetRequest]) -> None:
         errors: list[tuple[str, StateError]] = []
-        pipe = self.client.pipeline(transaction=False)
-        queued = []
+        calls: list[tuple[_Script, str, Sequence[Any]]] = []
         for request in requests:
             try:
-                args = self._set_args(request)
+                calls.append((_SET_SCRIPT, request.key, self._set_args(request)))
             except StateError as exc:
                 errors.append((request.key, exc))
-                continue
-            await self._set(keys=[request.key], args=args, client=pipe)
-            queued.append(request.key)
-        try:
-            replies = await pipe.execute(raise_on_error=False) if queued else []
-        except RedisError as exc:
-            raise _translate(self.name, exc) from exc
-        for key, reply in zip(queued, replies, strict=True):
+        replies = await self._scripts(calls) if calls else []
+        for (_, key, _), reply in zip(calls, replies, strict=True):
             if isinstance(reply, Exception):
                 errors.append((key, _translate(self.name, reply)))
         if errors:
@@ -264,10 +292,9 @@ class RedisStore(StoreLifecycle):
     async def _delete_now(self, request: DeleteRequest) -> None:
         etag = given_etag(request)
         _check_etag(etag)
-        try:
-            await self._delete(keys=[request.key], args=[etag or ""])
-        except RedisError as exc:
-            raise _translate(self.name, exc) from exc
+        [reply] = await self._scripts([(_DELETE_SCRIPT, request.key, [etag or ""])])
+        if isinstance(reply, ResponseError):
+            raise _translate(self.name, reply)
 
     async def transact(self, operations: Sequence[Operation]) -> None:
         """WATCH the keys, check etags in order, write in MULTI/EXEC; retry if a key changed."""
@@ -349,6 +376,7 @@ class RedisStore(StoreLifecycle):
             return BulkItem(key, None, str(fields))
         if not fields:
             return BulkItem(key, None)
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))  # RESP2: field, value, ...
         data, version = fields.get(b"data"), fields.get(b"version")
         if data is None or version is None:
             return BulkItem(key, None, "required hash field 'data' or 'version' was not found")
@@ -362,6 +390,10 @@ class RedisStore(StoreLifecycle):
         if value is None:
             return None
         return Item(key, value.encode() if isinstance(value, str) else value, None)
+
+
+def _no_script(reply: Any) -> bool:
+    return isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
 
 
 def _check_etag(etag: str | None) -> None:

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from state.errors import ETagInvalid, ETagMismatch
+from state.errors import BulkError, ETagInvalid, ETagMismatch, StoreUnavailable
 from state.redis import RedisStore, RedisStoreSettings
 from state.store import Concurrency, DeleteRequest, Feature, SetRequest, StateStore
-from tests.backends.redis import RedisServer
+from tests.backends.redis import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
 
@@ -98,3 +98,30 @@ async def test_the_component_ttl_applies_when_a_save_names_none(
             assert await store.client.ttl(key("d")) == -1
         finally:
             await store.client.delete(key("d"))
+
+
+async def test_saves_and_deletes_survive_a_server_that_forgot_its_scripts(
+    store: RedisStore, key: Key
+) -> None:
+    # Given scripts the server knows, then forgets (a restart or SCRIPT FLUSH)
+    assert await store.set(SetRequest(key("s"), b"1")) == "1"
+    await store.client.script_flush()
+    # Then a save, a bulk save with one bad etag and a delete still run, with their own outcomes
+    assert await store.set(SetRequest(key("s"), b"2", etag="1")) == "2"
+    await store.client.script_flush()
+    with pytest.raises(BulkError) as caught:
+        await store.bulk_set(
+            [SetRequest(key("s"), b"3", etag="2"), SetRequest(key("t"), b"x", etag="9")]
+        )
+    assert [k for k, _ in caught.value.errors] == [key("t")]
+    assert isinstance(caught.value.errors[0][1], ETagMismatch)
+    await store.client.script_flush()
+    await store.delete(DeleteRequest(key("s"), etag="3"))
+    assert await store.get(key("s")) is None
+
+
+async def test_an_unreachable_server_is_store_unavailable(key: Key) -> None:
+    settings = RedisStoreSettings(host="127.0.0.1", port=free_port(), dial_timeout=0.5)
+    store = RedisStore("s", settings)
+    with pytest.raises(StoreUnavailable):
+        await store.connect()
