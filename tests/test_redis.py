@@ -18,7 +18,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from bus.errors import BrokerError, BrokerUnavailable, PublishError
+from bus.errors import BrokerError, BrokerUnavailable, ConfigError, PublishError
 from bus.message import Message, Outcome
 from bus.options import RetryPolicy, SubscriptionOptions
 from bus.redis import RedisBroker
@@ -406,6 +406,20 @@ async def test_wait_replicas_fails_a_publish_no_replica_acknowledged(
         # When it publishes, Then the publish fails instead of claiming a durability it lacks
         with pytest.raises(PublishError, match="only 0 of 1 replicas"):
             await broker.publish(unique(), [Message(data=b"x")])
+
+
+async def test_wait_aof_on_a_server_without_waitaof_refuses_to_connect(
+    redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    # Given a server that has no WAITAOF (Redis before 7.2, as on this machine)
+    version = str((await raw.info("server"))["redis_version"])
+    if tuple(int(p) for p in version.split(".")[:2]) >= (7, 2):
+        pytest.skip(f"redis-server {version} has WAITAOF: the refusal cannot be shown on it")
+    broker = RedisBroker(redis_server.settings(wait_aof=True))
+    # When a component asks for waitAOF, Then the broker says why at start instead of failing
+    # (or silently not waiting on) every publish
+    with pytest.raises(ConfigError, match="WAITAOF"):
+        await broker.connect()
 
 
 async def test_without_wait_options_a_publish_returns_on_the_xadd_reply(

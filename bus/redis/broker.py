@@ -20,8 +20,8 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from bus.broker import BaseBroker
 from bus.delivery import Source
-from bus.errors import BrokerClosed, PublishError
-from bus.message import Message, stored_age
+from bus.errors import BrokerClosed, ConfigError, PublishError
+from bus.message import STORED_MS, Message
 from bus.options import SubscriptionOptions
 from bus.presence import HEARTBEAT_TTL, Presence
 from bus.presence_keys import instance_of, storage_instance
@@ -62,7 +62,7 @@ class RedisBroker(BaseBroker):
         self._link: RedisLink | None = None
         self._scripts: Scripts | None = None
         self._listener: RedisListener | None = None
-        self._clock_offset_ms = 0.0  # Redis' clock minus ours, see _sync_clock
+        self._clock_offset_ms = 0.0  # Redis' clock minus our monotonic one, see _sync_clock
 
     @property
     def client(self) -> Redis:
@@ -109,17 +109,39 @@ class RedisBroker(BaseBroker):
         self._link = RedisLink(s.address_of_server, timeout=s.read_timeout + s.write_timeout)
         self._scripts = Scripts(client)
         await self._sync_clock()
+        if s.wait_aof:
+            await self._check_waitaof(client)
+
+    async def _check_waitaof(self, client: Redis) -> None:
+        """waitAOF needs WAITAOF (Redis 7.2+): refuse to start rather than fail every publish."""
+        [found] = await self.send([("COMMAND", "INFO", "WAITAOF")])
+        if not found or found[0] is None:  # one nil per unknown command
+            version = (await client.info("server")).get("redis_version", "unknown")
+            await self._disconnect()
+            raise ConfigError(
+                f"waitAOF: the Redis server at {self.settings.address} (version {version}) has "
+                "no WAITAOF command (Redis 7.2 and later); remove waitAOF or upgrade Redis"
+            )
 
     async def _sync_clock(self) -> None:
-        """Estimate Redis' clock minus ours (ms) from one TIME, halving its round trip."""
-        before = time.time()
+        """Estimate Redis' clock minus our monotonic clock (ms) from one TIME, halving its round
+        trip.  Against the monotonic clock, not the wall clock: a step of this host's wall clock
+        (NTP, a VM resumed) must not make waiting calls look expired or fresh."""
+        before = time.monotonic()
         seconds, micros = await self.client.time()
-        after = time.time()
+        after = time.monotonic()
         self._clock_offset_ms = seconds * 1000 + micros / 1000 - (before + after) * 500
 
     def _call_age(self, request: Message) -> float | None:
         """How long the call waited since Redis stored it, on Redis' clock (seconds)."""
-        return stored_age(request, self._clock_offset_ms)
+        stored = request.metadata.get(STORED_MS)
+        if stored is None:
+            return None
+        try:
+            since = time.monotonic() * 1000 + self._clock_offset_ms - int(stored)
+        except ValueError:
+            return None
+        return max(0.0, since / 1000)
 
     async def _disconnect(self) -> None:
         if self._listener is not None:
