@@ -404,7 +404,7 @@ class RedisListener:
                 await asyncio.sleep(_RECONNECT.delay(attempt))
                 try:
                     await self._subscribe()
-                except (BrokerError, TimeoutError) as exc:
+                except Exception as exc:  # keep trying whatever failed: the inbox must return
                     log.warning("Redis Pub/Sub: reconnecting to %s: %s", self.address.label, exc)
                     continue
                 break
