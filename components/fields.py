@@ -3,11 +3,15 @@
 A :class:`Field` is a value plus where it came from: ``orders.yaml``, ``spec.metadata[2].value``.
 Its accessors either return the value in the expected Python type or raise
 :class:`~bus.errors.ConfigError` saying ``<file>: <field>: expected <what>, got <what was there>``.
+
+JSON that Dapr decodes with Go's ``encoding/json`` (an app's ``GET /dapr/subscribe``, request
+bodies) names struct fields in any case: :func:`go_keys` is the one place that says which keys
+name a field, and a ``Field`` made with ``go_json=True`` looks its children up as Go does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -35,13 +39,51 @@ def describe(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def go_keys(obj: Mapping[str, object], name: str) -> list[str]:
+    """The keys of ``obj`` that Go's JSON decoder decodes into the struct field ``name``, in order.
+
+    Go matches a key to a field case-insensitively (``PubsubName``, ``pubsubname``); every key
+    that matches is decoded, in the order of the object, into the same field.
+    """
+    folded = name.casefold()
+    return [key for key in obj if isinstance(key, str) and key.casefold() == folded]
+
+
+def _go_decoded(values: list[object]) -> object:
+    """What Go leaves in one field after decoding ``values`` (non-empty) into it, in order.
+
+    The last value wins, except that a null changes nothing already set and an object decoded
+    over an object adds to it (a struct or map is decoded into, not replaced), key by key with
+    the same rule.
+    """
+    result: object = _MISSING
+    for value in values:
+        if value is None:
+            result = None if result is _MISSING else result
+        elif isinstance(value, dict) and isinstance(result, dict):
+            merged = dict(result)
+            for key, item in value.items():
+                merged[key] = _go_decoded([merged[key], item]) if key in merged else item
+            result = merged
+        else:
+            result = value
+    return result
+
+
 @dataclass(frozen=True, slots=True)
 class Field:
-    """One value of a resource document and its path inside that document."""
+    """One value of a resource document and its path inside that document.
+
+    With ``go_json`` the mappings below are Go structs decoded from JSON: :meth:`child` finds a
+    field under any spelling of its name (the path then says it as the document did), and two
+    spellings in one object are decoded in turn, as Go does (:func:`_go_decoded`).  The entries
+    of a mapping read with :meth:`items` (a Go map, like ``metadata``) keep their exact keys.
+    """
 
     source: str
     path: str
     value: object = _MISSING
+    go_json: bool = False
 
     @property
     def present(self) -> bool:
@@ -61,8 +103,13 @@ class Field:
     def child(self, key: str) -> Field:
         """The field ``key`` of this mapping (missing if absent); this must be a mapping or null."""
         mapping = self.mapping()
+        if self.go_json and (spelled := go_keys(mapping, key)):
+            return self._at(spelled[-1], _go_decoded([mapping[k] for k in spelled]))
+        return self._at(key, mapping.get(key, _MISSING))
+
+    def _at(self, key: str, value: object) -> Field:
         path = f"{self.path}.{key}" if self.path else key
-        return Field(self.source, path, mapping.get(key, _MISSING))
+        return Field(self.source, path, value, self.go_json)
 
     def mapping(self) -> dict[str, object]:
         """The value as a mapping with string keys; a missing or null field is an empty one."""
@@ -74,8 +121,8 @@ class Field:
 
     def items(self) -> Iterator[tuple[str, Field]]:
         """The entries of this mapping as (key, field)."""
-        for key in self.mapping():
-            yield key, self.child(key)
+        for key, value in self.mapping().items():
+            yield key, self._at(key, value)
 
     def list(self) -> list[Field]:
         """The elements of this list; a missing or null field is an empty list."""
@@ -83,7 +130,10 @@ class Field:
             return []
         if not isinstance(self.value, list):
             raise self.fail("a list")
-        return [Field(self.source, f"{self.path}[{i}]", v) for i, v in enumerate(self.value)]
+        return [
+            Field(self.source, f"{self.path}[{i}]", v, self.go_json)
+            for i, v in enumerate(self.value)
+        ]
 
     def string(self) -> str:
         """A required non-empty string."""

@@ -69,12 +69,14 @@ def parse_programmatic(
 ) -> tuple[SubscriptionSpec, ...]:
     """The subscriptions an app returned from ``GET /dapr/subscribe`` (parsed JSON).
 
+    Read as Dapr reads it, with Go's JSON decoder: field names in any case (``PubsubName``,
+    ``Topic``, ``Routes.Rules[].Match``...), and of two spellings in one object the last wins.
     ``null`` means none.  Entries with neither a route nor rules are skipped with a warning, as
     Dapr does; anything else malformed is a ConfigError.
     """
     if payload is None:
         return ()
-    root = Field(source, "", payload)
+    root = Field(source, "", payload, go_json=True)
     if not isinstance(payload, list):
         raise root.fail("a JSON array of subscriptions")
     specs: list[SubscriptionSpec] = []

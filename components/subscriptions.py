@@ -4,7 +4,9 @@ Both use Dapr's field names: ``pubsubname``, ``topic``, ``route`` (v1) or
 ``routes: {rules: [{match, path}], default}`` (v2; ``routes.default`` wins over ``route``),
 ``deadLetterTopic``, ``metadata`` (string values), and
 ``bulkSubscribe: {enabled, maxMessagesCount, maxAwaitDurationMs}``.  Paths get a leading ``/``
-when they lack one; a rule with an empty ``match`` always matches, as in Dapr.
+when they lack one; a rule with an empty ``match`` always matches, as in Dapr.  Read from
+``GET /dapr/subscribe``, the names match in any case, as Go's JSON decoder matches them
+(:class:`~components.fields.Field` with ``go_json``).
 """
 
 from __future__ import annotations

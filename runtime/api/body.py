@@ -4,7 +4,8 @@ Dapr decodes every request body with Go's JSON decoder, so clients written again
 two of its rules that Python's decoders do not share:
 
 - struct fields match JSON keys case-insensitively: an exact key wins, else the first key equal
-  under case-folding (the JS SDK sends bulk entries as ``entryID``, Dapr's struct says ``entryId``);
+  under case-folding (the JS SDK sends bulk entries as ``entryID``, Dapr's struct says ``entryId``;
+  which keys match is :func:`components.fields.go_keys`, shared with ``GET /dapr/subscribe``);
 - invalid JSON is a 400, never a crash.
 
 Nesting is bounded (:data:`MAX_DEPTH`): orjson refuses documents deeper than 1024 on load but
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 
 from bus.errors import InvalidArgument
+from components.fields import go_keys
 
 __all__ = ["MAX_DEPTH", "MalformedBody", "NestedTooDeep", "field", "fields", "parse_json"]
 
@@ -70,11 +72,8 @@ def field(obj: Mapping[str, Any], name: str, default: Any = None) -> Any:
     """``obj[name]`` as Go matches struct fields: exact key, else the first case-folded one."""
     if name in obj:
         return obj[name]
-    folded = name.casefold()
-    for key, value in obj.items():
-        if isinstance(key, str) and key.casefold() == folded:
-            return value
-    return default
+    spelled = go_keys(obj, name)
+    return obj[spelled[0]] if spelled else default
 
 
 _ABSENT = object()

@@ -11,13 +11,21 @@ from tests.e2e.conftest import Cluster, PubSubKind, wait_until
 pytestmark = [pytest.mark.e2e]
 
 
+# Dapr reads GET /dapr/subscribe with Go's JSON decoder: apps (and SDKs) spell the fields freely.
+SPELLINGS = {
+    "dapr": ("pubsubname", "topic", "route"),
+    "capitalized": ("PubsubName", "Topic", "Route"),
+}
+
+
+@pytest.mark.parametrize("names", SPELLINGS.values(), ids=SPELLINGS.keys())
 def test_publish_on_one_sidecar_is_delivered_by_another(
-    cluster: Cluster, pubsub: PubSubKind
+    cluster: Cluster, pubsub: PubSubKind, names: tuple[str, str, str]
 ) -> None:
     # Given a subscriber app with a programmatic subscription, behind its own sidecar
     topic = cluster.topic("orders")
     resources = cluster.resources(pubsub.component())
-    app = cluster.app(subscriptions=[{"pubsubname": "pubsub", "topic": topic, "route": "/orders"}])
+    app = cluster.app(subscriptions=[dict(zip(names, ("pubsub", topic, "/orders"), strict=True))])
     cluster.sidecar(cluster.app_id("sub"), resources, app=app)
     publisher = cluster.sidecar(cluster.app_id("pub"), resources)
     # When another sidecar publishes
