@@ -9,7 +9,8 @@ from typing import Self
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:<port> to ``target``; :meth:`cut` drops every open connection at once."""
+    """Forwards 127.0.0.1:<port> to ``target``; :meth:`cut` drops every open connection at once,
+    :meth:`down` also refuses new ones until :meth:`up`."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self._target = (target_host, target_port)
@@ -19,6 +20,7 @@ class CuttableProxy:
         self.port = 0
         self.cuts = 0
         self.accepted = 0
+        self.refusing = False
 
     async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -47,7 +49,19 @@ class CuttableProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    def down(self) -> None:
+        """Cut every connection and refuse new ones until :meth:`up`, like a network outage."""
+        self.refusing = True
+        self.cut()
+
+    def up(self) -> None:
+        """Accept connections again."""
+        self.refusing = False
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
         self.accepted += 1
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)

@@ -319,6 +319,49 @@ async def test_request_reply_and_presence_survive_a_connection_cut(
         await server.close()
 
 
+async def test_a_publish_while_disconnected_fails_fast_then_works_again(
+    rabbit: MakeRabbit, topic: str
+) -> None:
+    async with CuttableProxy("127.0.0.1", 5672) as proxy:
+        # Given a publisher whose connection goes through a proxy, and a subscriber that does not
+        url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        settings = RabbitSettings(url=url, reconnect_wait=0.2, connect_timeout=2.0)
+        publisher, consumer = await rabbit(settings), await rabbit()
+        collector = Collector()
+        await consumer.subscribe(topic, collector, SubscriptionOptions(group="fast"))
+        confirmed = messages(1, prefix="before")
+        await publisher.publish(topic, confirmed)
+        # When the network goes down (connections cut, new ones refused)
+        proxy.down()
+        # Then a publish fails with BrokerUnavailable after waiting the connect time-out for a
+        # reconnect, not the confirm's 30 s (one sent before the loss was noticed may instead
+        # lose its confirm: PublishError, at once)
+        async with asyncio.timeout(10):
+            while True:
+                started = time.monotonic()
+                try:
+                    await publisher.publish(topic, messages(1, prefix="lost"))
+                except PublishError:
+                    continue
+                except BrokerUnavailable:
+                    waited = time.monotonic() - started
+                    break
+                raise AssertionError("a publish was confirmed while the network was down")
+        assert settings.connect_timeout - 0.1 <= waited < settings.connect_timeout + 1.0
+        # and a publish made while down succeeds when the network is back within that wait
+        asyncio.get_running_loop().call_later(0.3, proxy.up)
+        started = time.monotonic()
+        after = messages(1, prefix="after")
+        await publisher.publish(topic, after)
+        assert time.monotonic() - started < settings.connect_timeout
+        # and so do the next ones; every confirmed message reaches the subscriber
+        later = messages(5, prefix="later")
+        await publisher.publish(topic, later)
+        wanted = {m.id for m in confirmed + after + later}
+        await eventually(lambda: set(collector.ids) >= wanted, timeout=15)
+        await publisher.close()  # while the proxy still forwards
+
+
 async def test_held_messages_with_a_reused_id_are_all_replayed(
     rabbit: MakeRabbit, topic: str
 ) -> None:

@@ -38,8 +38,11 @@ topic or group can never contain, so our own objects never collide with a user's
 - ``amq.rabbitmq.reply-to``: direct reply-to of the request inbox, one channel per broker.
 
 Messages are persistent (``deliveryMode`` 2); every publish waits for its publisher confirm (a
-batch is published at once and its confirms awaited together); a confirm that is lost with the
-connection raises :class:`~bus.errors.PublishError`, never a silent loss.  Our id is the AMQP
+batch is published at once and its confirms awaited together, up to ``PUBLISH_TIMEOUT``); a
+confirm that is lost with the connection raises :class:`~bus.errors.PublishError`, never a silent
+loss.  A publish while the connection is down (``connect_robust`` reconnecting) waits for the
+reconnect at most ``connect_timeout`` (5 s, also each connect attempt's bound), then raises
+:class:`~bus.errors.BrokerUnavailable`.  Our id is the AMQP
 ``message_id``, metadata are headers, the attempt is the header ``omnibus-attempt``.  Classic
 queues carry only a boolean ``redelivered`` flag, so a delivery the broker hands out again (after
 a crash, a lost connection or a hand-back at shutdown) counts as ``omnibus-attempt + 1``; a retry

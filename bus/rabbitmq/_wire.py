@@ -13,7 +13,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from pamqp import commands as spec
 
-from bus.errors import InvalidArgument, InvalidName, PublishError
+from bus.errors import BrokerUnavailable, InvalidArgument, InvalidName, PublishError
 from bus.message import Message, new_id
 from bus.rabbitmq.settings import RabbitSettings
 
@@ -38,6 +38,9 @@ RETRY_LADDER_MS = (
     1_800_000,
 )
 EXPIRE_AFTER_MS = 3_600_000
+# How long a publish that RabbitMQ received may wait for its confirm.  A publish to a connection
+# known to be down never gets that far: it waits for the reconnect only as long as a connect may
+# take (``RabbitSettings.connect_timeout``), then fails with BrokerUnavailable (see ``ready``).
 PUBLISH_TIMEOUT = 30.0
 # Bounds what may wait for a reconnect on the way out (and presence messages, which expire anyway)
 CLOSE_TIMEOUT = 2.0
@@ -142,6 +145,25 @@ def expiration(metadata: Mapping[str, str], settings: RabbitSettings) -> str | N
     return str(seconds * 1000)
 
 
+async def ready(channel: AbstractRobustChannel, wait: float) -> aiormq.abc.AbstractChannel:
+    """The open AMQP channel under ``channel``; BrokerUnavailable if it is not back within ``wait``.
+
+    While the robust connection reconnects, aio-pika would hold every operation until the channel
+    is restored, however long that takes; a caller that cannot be served should hear so soon.
+    """
+    try:
+        if channel.is_closed:  # the connection (or the channel) is down: a reconnect is under way
+            async with asyncio.timeout(wait):
+                await channel.ready()
+        return await channel.get_underlay_channel()
+    except TimeoutError:
+        raise BrokerUnavailable(
+            f"RabbitMQ is not connected (not reconnected within {wait:g}s)"
+        ) from None
+    except (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPError) as exc:
+        raise BrokerUnavailable(f"RabbitMQ is not connected: {exc}") from exc
+
+
 async def send(
     channel: AbstractRobustChannel,
     exchange: str,
@@ -154,14 +176,15 @@ async def send(
 ) -> None:
     """Publish ``batch`` at once and wait for every confirm; raise if any is missing.
 
-    ``ttl`` makes the messages transient calls that expire after that many seconds.
+    ``ttl`` makes the messages transient calls that expire after that many seconds.  While the
+    connection is down, BrokerUnavailable once it is not back within the connect time-out.
     """
     # Every message's properties first: one that cannot be sent (a bad ttlInSeconds) raises here,
     # before any publish coroutine exists that would then be left un-awaited.
     props = [properties(m, m.reply_to, settings, ttl) for m in batch]
+    underlay = await ready(channel, settings.connect_timeout)
     try:
         async with asyncio.timeout(PUBLISH_TIMEOUT):
-            underlay = await channel.get_underlay_channel()
             results = await asyncio.gather(
                 *(
                     underlay.basic_publish(

@@ -36,6 +36,7 @@ from bus.rabbitmq._wire import (
     decode,
     held_name,
     queue_name,
+    ready,
     retry_queue_name,
     send,
 )
@@ -79,6 +80,7 @@ class RabbitBroker(BaseBroker):
             self._connection = await aio_pika.connect_robust(
                 self.settings.url,
                 reconnect_interval=self.settings.reconnect_wait,
+                timeout=self.settings.connect_timeout,
                 client_properties={"connection_name": f"omnibus {self.instance}"},
             )
             self._channel = await self._connection.channel(
@@ -159,6 +161,8 @@ class RabbitBroker(BaseBroker):
     async def _ensure_topic(self, topic: str) -> None:
         if topic in self._topics:
             return
+        # Declaring waits for a reconnect in progress without a bound: wait for it here, bounded.
+        await ready(self._chan(), self.settings.connect_timeout)
         async with self._topic_lock:
             if topic not in self._topics:
                 await self._declare_topic(self._chan(), topic)

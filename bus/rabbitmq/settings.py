@@ -30,6 +30,9 @@ class RabbitSettings:
     max_len_bytes: int | None = None
     reconnect_wait: float = 3.0
     exchange_kind: str = "fanout"
+    # How long one connect may take; also how long a publish while the connection is down waits
+    # for the reconnect before failing with BrokerUnavailable (a few seconds, not the confirm's 30).
+    connect_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -41,6 +44,8 @@ class RabbitSettings:
             raise ConfigError(f"pubsub.rabbitmq exchangeKind: expected one of {', '.join(_KINDS)}")
         if self.prefetch_count < 0 or self.reconnect_wait < 0:
             raise ConfigError("pubsub.rabbitmq: prefetchCount and reconnectWait must be >= 0")
+        if self.connect_timeout <= 0:
+            raise ConfigError("pubsub.rabbitmq: the connect time-out must be > 0")
 
     def queue_arguments(self, queue: str) -> dict[str, Any]:
         """Arguments of a group queue."""
