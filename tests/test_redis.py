@@ -37,14 +37,6 @@ def unique(prefix: str = "t") -> str:
 
 
 @pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A plain redis-py client on the private server, to look at what is stored."""
-    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def broker(redis_server: RedisServer) -> AsyncIterator[RedisBroker]:
     async with RedisBroker(redis_server.settings(redeliver_interval=0.5)) as made:
         yield made

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,13 +15,6 @@ from bus.redis import RedisBroker
 from tests.backends.redis import RedisServer
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
-    yield client
-    await client.aclose()
 
 
 async def test_a_call_whose_inbox_reconnects_fails_with_reply_lost(

@@ -13,12 +13,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
 from bus.redis import RedisBroker
 from bus.redis.settings import RedisSettings
@@ -113,6 +114,14 @@ def redis_server() -> Iterator[RedisServer]:
             yield server
         finally:
             server.kill()
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+    """A plain redis-py client on the private server, to look at (or break) what is stored."""
+    client = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture
