@@ -165,12 +165,11 @@ def run_publish(args: argparse.Namespace, console: Console) -> int:
     )
 
     data, metadata = _payload(args), _metadata(args.metadata)
-    token = os.environ.get("DAPR_API_TOKEN") or None
     options = {"content_type": args.content_type, "metadata": metadata}
     where = f"{args.pubsub}/{args.topic}"
     url = args.sidecar or (args.dapr_http_port and f"http://127.0.0.1:{args.dapr_http_port}")
     if url:
-        publish_via_sidecar(url, args.pubsub, args.topic, data, api_token=token, **options)
+        publish_via_sidecar(url, args.pubsub, args.topic, data, **options)
         console.print(f"published to {where} through the sidecar at {url}")
         return 0
 
@@ -187,7 +186,6 @@ def run_publish(args: argparse.Namespace, console: Console) -> int:
                     args.pubsub,
                     args.topic,
                     data,
-                    api_token=token,
                     **options,
                 )
                 return f"through the sidecar of {sidecar.app_id!r} at {sidecar.address}"

@@ -2,8 +2,9 @@
 
 ``omnibus invoke``, ``omnibus invocations`` and ``omnibus state`` go through a sidecar: the one at
 ``--sidecar URL`` or ``--dapr-http-port PORT``, else the newest one found through presence on the
-pubsubs of the resources path (of ``--app-id`` when given).  Every request carries
-``DAPR_API_TOKEN`` when it is set; an HTTP error status is an :class:`Answer` like any other, and
+pubsubs of the resources path (of ``--app-id`` when given).  ``omnibus publish`` sends its
+request here too.  Every request carries ``DAPR_API_TOKEN`` when it is set (a ``dapr-api-token``
+header the caller gives wins); an HTTP error status is an :class:`Answer` like any other, and
 only a sidecar that cannot be reached raises :class:`SidecarUnreachable`.
 """
 
@@ -67,10 +68,10 @@ def send(
 ) -> Answer:
     """One request; an HTTP error status is an answer too, a connection error raises."""
     request = urllib.request.Request(url, data=body or None, method=method)
-    for name, value in headers:
-        request.add_header(name, value)
     if token := os.environ.get("DAPR_API_TOKEN"):
         request.add_header("dapr-api-token", token)
+    for name, value in headers:  # after the token: a header with the same name replaces it
+        request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return Answer(response.status, list(response.headers.items()), response.read())

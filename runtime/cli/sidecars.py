@@ -15,11 +15,8 @@ envelope with the sidecar's own code (:func:`runtime.pubsub.publisher.make_messa
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +24,7 @@ from rich.table import Table
 
 from bus.broker import BaseBroker
 from bus.errors import OmnibusError
+from runtime.cli.sidecar_api import SidecarUnreachable, send
 from runtime.pubsub.publisher import PublishContext, make_message
 
 SIDECAR_PRESENCE = "omnibus.sidecar"
@@ -125,35 +123,26 @@ def publish_via_sidecar(
     api_token: str | None = None,
     timeout: float = 30.0,
 ) -> None:
-    """``POST /v1.0/publish/{pubsub}/{topic}`` on a sidecar; raises :class:`PublishFailed`."""
+    """``POST /v1.0/publish/{pubsub}/{topic}`` on a sidecar; raises :class:`PublishFailed`.
+
+    ``api_token`` is sent instead of ``DAPR_API_TOKEN`` (which is sent when it is set).
+    """
     path = "/v1.0/publish/{}/{}".format(
         urllib.parse.quote(pubsub, safe=""), urllib.parse.quote(topic, safe="/")
     )
     query = urllib.parse.urlencode({f"metadata.{k}": v for k, v in metadata.items()})
     url = base_url.rstrip("/") + path + (f"?{query}" if query else "")
-    headers = {"Content-Type": content_type}
+    headers = [("Content-Type", content_type)]
     if api_token:
-        headers["dapr-api-token"] = api_token
-    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        headers.append(("dapr-api-token", api_token))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        raise PublishFailed(f"{url}: {exc.code} {_error_body(exc.read())}") from exc
-    except OSError as exc:
-        raise PublishFailed(f"{url}: {exc}") from exc
-    if status != 204:
-        raise PublishFailed(f"{url}: unexpected status {status}")
-
-
-def _error_body(body: bytes) -> str:
-    try:
-        error = json.loads(body)
-    except ValueError:
-        return body.decode(errors="replace").strip()
-    if isinstance(error, dict) and "errorCode" in error:
-        return f"{error['errorCode']}: {error.get('message', '')}"
-    return body.decode(errors="replace").strip()
+        answer = send("POST", url, headers=headers, body=data, timeout=timeout)
+    except SidecarUnreachable as exc:
+        raise PublishFailed(str(exc)) from exc
+    if not answer.ok:
+        raise PublishFailed(f"{url}: {answer.status} {answer.error()}")
+    if answer.status != 204:
+        raise PublishFailed(f"{url}: unexpected status {answer.status}")
 
 
 async def publish_on_bus(
