@@ -464,10 +464,11 @@ class BaseBroker(abc.ABC):
         )
         try:
             await self._publish_call(topic, outgoing, timeout)
-        except BaseException:
-            future.cancel()
-            raise
-        return raise_for_error(await await_reply(future, topic, timeout))
+            reply = await await_reply(future, topic, timeout)
+        finally:
+            inbox.forget(correlation_id)
+            future.cancel()  # a no-op once answered
+        return raise_for_error(reply)
 
     async def _call_locally(
         self, topic: str, replier: Replier, message: Message, timeout: float

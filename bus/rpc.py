@@ -80,20 +80,30 @@ class Inbox:
         correlation_id = f"{next(self._ids):x}"
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiting[correlation_id] = future
-        future.add_done_callback(lambda _: self._waiting.pop(correlation_id, None))
         return correlation_id, future
+
+    def forget(self, correlation_id: str) -> None:
+        """Stop waiting under ``correlation_id`` (answered, timed out or cancelled)."""
+        self._waiting.pop(correlation_id, None)
 
     def deliver(self, reply: Message) -> None:
         """Resolve the future a reply belongs to; late or unknown replies are dropped."""
-        future = self._waiting.get(reply.correlation_id or "")
+        future = self._waiting.pop(reply.correlation_id or "", None)
         if future is None or future.done():
             log.debug("dropping reply for unknown or finished request %s", reply.correlation_id)
             return
         future.set_result(reply)
 
+    def fail(self, correlation_id: str, exc: BaseException) -> None:
+        """Fail the one request waiting under ``correlation_id`` (its request was not sent)."""
+        future = self._waiting.pop(correlation_id, None)
+        if future is not None and not future.done():
+            future.set_exception(exc)
+
     def fail_all(self, exc: BaseException) -> None:
         """Fail every waiting request (the broker is closing)."""
-        for future in list(self._waiting.values()):
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
             if not future.done():
                 future.set_exception(exc)
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from bus.errors import ReplyLost, RequestTimeout
+from bus.errors import BrokerError, ReplyLost, RequestTimeout
 from bus.message import Message
 from bus.options import SubscriptionOptions
 from bus.redis import RedisBroker
@@ -91,3 +91,20 @@ async def test_a_call_that_waited_past_its_time_out_is_not_run(
         assert (await client.request(topic, Message(data=b"fresh"), timeout=5)).data == b"done"
         # Then the stale call was skipped and only the fresh one ran
         assert ran == [b"fresh"]
+
+
+async def test_a_call_redis_refuses_fails_at_once_not_after_its_time_out(
+    redis_server: RedisServer, raw: aioredis.Redis, topic: str
+) -> None:
+    # Given a topic key that is not a stream (XADD answers WRONGTYPE), believed served
+    await raw.set(topic, b"not a stream")
+    async with RedisBroker(redis_server.settings()) as client:
+        client._responders_seen[topic] = time.monotonic() + 60
+        # When a call is made with a long time-out
+        started = time.monotonic()
+        with pytest.raises(BrokerError, match="WRONGTYPE"):
+            await client.request(topic, Message(data=b"x"), timeout=10)
+        # Then the refusal reaches the caller at once, and its inbox keeps nothing
+        assert time.monotonic() - started < 2.0
+        assert client._inbox is not None and client._inbox.waiting == 0
+    await raw.delete(topic)

@@ -20,7 +20,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from bus.broker import BaseBroker
 from bus.delivery import Source
-from bus.errors import BrokerClosed, ConfigError, PublishError
+from bus.errors import BrokerClosed, BrokerError, ConfigError, PublishError
 from bus.message import STORED_MS, Message
 from bus.options import SubscriptionOptions
 from bus.presence import HEARTBEAT_TTL, Presence
@@ -168,15 +168,15 @@ class RedisBroker(BaseBroker):
 
     _send = send
 
-    async def _publish(self, topic: str, batch: Sequence[Message]) -> None:
+    def _xadd(self, topic: str, message: Message) -> Command:
         cap = self.settings.max_len_approx
-        head: tuple[Any, ...] = (
-            ("XADD", topic, "MAXLEN", "~", cap, "*") if cap else ("XADD", topic, "*")
-        )
-        commands: list[tuple[Any, ...]] = []
-        for message in batch:
-            data, meta = encode(message)
-            commands.append((*head, "data", data, "metadata", meta))
+        data, meta = encode(message)
+        if cap:
+            return ("XADD", topic, "MAXLEN", "~", cap, "*", "data", data, "metadata", meta)
+        return ("XADD", topic, "*", "data", data, "metadata", meta)
+
+    async def _publish(self, topic: str, batch: Sequence[Message]) -> None:
+        commands = [self._xadd(topic, message) for message in batch]
         wait = self._durability_wait()
         if wait is None:
             await self._send(commands)
@@ -259,8 +259,27 @@ class RedisBroker(BaseBroker):
         if self._listener is not None:
             await self._listener.wait_connected(timeout)
 
+    async def _publish_call(self, topic: str, request: Message, ttl: float) -> None:
+        # The caller waits for the reply, not for the XADD's answer: the request is posted, and
+        # a refusal or a lost connection fails the caller's wait at once.  Never sent twice: a
+        # call runs at most once.  No WAIT/WAITAOF: a call is worthless after its time-out.
+        inbox, correlation_id = self._inbox, request.correlation_id
+
+        def refused(error: BrokerError) -> None:
+            if inbox is not None and correlation_id is not None:
+                inbox.fail(correlation_id, error)
+
+        await self._posted().post([self._xadd(topic, request)], refused)
+
     async def _send_reply(self, address: str, reply: Message) -> None:
-        await self._send([("PUBLISH", address, encode_reply(reply))])
+        # Posted: nobody waits for PUBLISH's answer; a reply lost with the connection shows at
+        # the caller (ReplyLost or its time-out).
+        await self._posted().post([("PUBLISH", address, encode_reply(reply))], _reply_failed)
+
+    def _posted(self) -> RedisLink:
+        if self._link is None:
+            raise BrokerClosed("the Redis broker is not connected")
+        return self._link
 
     # -- presence ---------------------------------------------------------------------------
 
@@ -310,6 +329,10 @@ class RedisBroker(BaseBroker):
         for each, live, details in zip(names, replies[::2], replies[1::2], strict=True):
             found += _presences(each, live, pairs(details))
         return found
+
+
+def _reply_failed(error: BrokerError) -> None:
+    log.warning("a reply could not be sent: %s", error)
 
 
 def _presences(name: str, live: list[bytes], details: dict[bytes, bytes]) -> list[Presence]:

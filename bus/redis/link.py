@@ -90,14 +90,50 @@ class _TimedOut(BrokerUnavailable):
     """Redis did not answer in time: the connection is closed and the command not retried."""
 
 
-class _Pending:
-    __slots__ = ("count", "future", "replies", "sent")
+ErrorCallback = Callable[[BrokerError], None]
 
-    def __init__(self, count: int, future: asyncio.Future[list[Any]], sent: float) -> None:
+
+class _Pending:
+    """Commands written and not yet answered: a caller's future, or the error callback of a
+    group posted without waiting (see :meth:`RedisLink.post`)."""
+
+    __slots__ = ("count", "future", "on_error", "replies", "sent")
+
+    def __init__(
+        self,
+        count: int,
+        future: asyncio.Future[list[Any]] | None,
+        sent: float,
+        on_error: ErrorCallback | None = None,
+    ) -> None:
         self.count = count
         self.future = future
+        self.on_error = on_error
         self.sent = sent
         self.replies: list[Any] = []
+
+    def settle(self) -> None:
+        if self.future is not None:
+            if not self.future.done():
+                self.future.set_result(self.replies)
+        elif self.on_error is not None:
+            refused = next((r for r in self.replies if isinstance(r, ResponseError)), None)
+            if refused is not None:
+                self._report(BrokerError(f"Redis refused a command: {refused}"))
+
+    def fail(self, error: BrokerError) -> None:
+        if self.future is not None:
+            if not self.future.done():
+                self.future.set_exception(error)
+        elif self.on_error is not None:
+            self._report(error)
+
+    def _report(self, error: BrokerError) -> None:
+        assert self.on_error is not None
+        try:
+            self.on_error(error)
+        except Exception:  # called from the protocol's callbacks: never let one escape there
+            log.exception("an error callback of the Redis link failed")
 
 
 class _LinkProtocol(asyncio.Protocol):
@@ -122,16 +158,24 @@ class _LinkProtocol(asyncio.Protocol):
 
     def send(self, commands: Sequence[Command]) -> asyncio.Future[list[Any]]:
         """Queue ``commands``; they go out with every other command of this loop tick."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.queue(commands, future, None)
+        return future
+
+    def queue(
+        self,
+        commands: Sequence[Command],
+        future: asyncio.Future[list[Any]] | None,
+        on_error: ErrorCallback | None,
+    ) -> None:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
         if not self._unsent:
             loop.call_soon(self._flush)
         self._unsent.append(pack(commands))
         now = loop.time()
-        self.waiting.append(_Pending(len(commands), future, now))
+        self.waiting.append(_Pending(len(commands), future, now, on_error))
         if self._watchdog is None:
             self._watchdog = loop.call_at(now + self._timeout, self._watch)
-        return future
 
     def _watch(self) -> None:
         self._watchdog = None
@@ -161,8 +205,7 @@ class _LinkProtocol(asyncio.Protocol):
             pending.replies.append(reply)
             if len(pending.replies) == pending.count:
                 waiting.popleft()
-                if not pending.future.done():
-                    pending.future.set_result(pending.replies)
+                pending.settle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -184,9 +227,7 @@ class _LinkProtocol(asyncio.Protocol):
 
     def _fail_waiting(self, error: BrokerError) -> None:
         while self.waiting:
-            pending = self.waiting.popleft()
-            if not pending.future.done():
-                pending.future.set_exception(error)
+            self.waiting.popleft().fail(error)
 
 
 async def _open(
@@ -237,6 +278,16 @@ class RedisLink:
                     raise
                 await asyncio.sleep(_RECONNECT.delay(attempt + 1))
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def post(self, commands: Sequence[Command], on_error: ErrorCallback) -> None:
+        """Send ``commands`` without waiting for their replies (once connected).
+
+        For writes whose answer nobody waits for on the hot path: a reply to a call, the request
+        of a call (whose caller waits for the reply instead).  ``on_error`` gets an error reply
+        or the loss of the connection; a posted group is never sent twice.
+        """
+        protocol = await self._connected()
+        protocol.queue(commands, None, on_error)
 
     async def _connected(self) -> _LinkProtocol:
         if self._closed:
