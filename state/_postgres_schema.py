@@ -2,7 +2,8 @@
 
 The migration level is kept where Dapr keeps it, in the metadata table under
 ``migrations-state-v2-<tablePrefix>``, behind Dapr's row lock ``lock``, so an omnibus sidecar and
-a Dapr sidecar starting together on one database migrate it once.
+a Dapr sidecar starting together on one database migrate it once.  omnibus's outbox tables
+(:mod:`state._postgres_outbox`) are created behind the same lock, outside Dapr's levels.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from bus.errors import ConfigError
+from state._postgres_outbox import create_statements
 from state._postgres_query import JSONB_FUNCTION, jsonb_function
 
 # libpq key=value names -> asyncpg.connect keyword arguments.
@@ -110,7 +112,7 @@ async def _add_row_id(conn: Any, table: str) -> None:
 
 
 async def migrate(conn: Any, table: str, metadata_table: str, prefix: str) -> None:
-    """Bring the tables to Dapr's v2 migration level 2."""
+    """Bring the tables to Dapr's v2 migration level 2; create the outbox tables if missing."""
     await conn.execute(
         f"CREATE TABLE IF NOT EXISTS {metadata_table} "
         "(key text NOT NULL PRIMARY KEY, value text NOT NULL)"
@@ -135,6 +137,8 @@ async def migrate(conn: Any, table: str, metadata_table: str, prefix: str) -> No
                 "ON CONFLICT (key) DO UPDATE SET value = '2'",
                 level_key,
             )
+        for statement in create_statements(table):
+            await conn.execute(statement)
     await _ensure_jsonb_function(conn, table)
 
 

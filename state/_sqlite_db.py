@@ -92,7 +92,8 @@ class Database:
             raise
 
     def migrate(self) -> None:
-        """Dapr's migrations: the metadata table, then migration 1 (the state table)."""
+        """Dapr's migrations: the metadata table, then migration 1 (the state table); then
+        omnibus's outbox tables (outside Dapr's migration levels, which Dapr ignores)."""
         meta, table = self.settings.metadata_table, self.settings.table
         self.conn.execute("BEGIN EXCLUSIVE TRANSACTION")
         try:
@@ -115,10 +116,35 @@ class Database:
                 self.conn.execute(
                     f"REPLACE INTO {meta} (key, value) VALUES ('migrations', ?)", ("1",)
                 )
+            self._create_outbox()
         except BaseException:
             self.conn.execute("ROLLBACK TRANSACTION")
             raise
         self.conn.execute("COMMIT TRANSACTION")
+
+    def _create_outbox(self) -> None:
+        """The change feed's records and relay leases (:mod:`state._sqlite_outbox`)."""
+        table = self.settings.table
+        self.conn.execute(
+            f"""CREATE TABLE IF NOT EXISTS {table}_outbox (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                store TEXT NOT NULL,
+                event_id TEXT NOT NULL,
+                operation TEXT NOT NULL,
+                key TEXT NOT NULL,
+                app_id TEXT NOT NULL,
+                etag TEXT,
+                value BLOB,
+                time TIMESTAMP NOT NULL
+            )"""
+        )
+        self.conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {table}_outbox_store_seq ON {table}_outbox (store, seq)"
+        )
+        self.conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {table}_outbox_lease "
+            "(store TEXT NOT NULL PRIMARY KEY, relay TEXT NOT NULL, expires REAL NOT NULL)"
+        )
 
     def purge(self, interval_ms: int) -> bool:
         """Dapr's garbage collection: claim "last-cleanup" if it is older, then delete expired."""

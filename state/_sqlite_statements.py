@@ -1,7 +1,9 @@
 """The per-request statements of ``state.sqlite``, run on the store's worker thread.
 
 Each write checks its etag or first-write condition in the same statement that writes it; the
-caller (:meth:`state._sqlite_db.Database.run_batch`) wraps writes in a transaction.
+caller (:meth:`state._sqlite_db.Database.run_batch`) wraps writes in a transaction.  A write whose
+request carries a journal inserts its outbox record (:mod:`state._sqlite_outbox`) right after,
+in that transaction.  ``store`` is the store's name, which the records carry.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 
+from state import _sqlite_outbox as outbox
 from state._common import expiry_epoch, given_etag, needs_absent
 from state._sqlite_db import from_timestamp, timestamp
 from state.errors import ETagMismatch
@@ -39,7 +42,7 @@ def read_many(conn: sqlite3.Connection, table: str, keys: Sequence[str]) -> dict
     return found
 
 
-def write(conn: sqlite3.Connection, table: str, request: SetRequest) -> str:
+def write(conn: sqlite3.Connection, table: str, store: str, request: SetRequest) -> str:
     """Save one value; the new etag (a uuid4, as Dapr's)."""
     now, etag = timestamp(), str(uuid.uuid4())
     stored, is_binary = _encode(request)
@@ -62,30 +65,37 @@ def write(conn: sqlite3.Connection, table: str, request: SetRequest) -> str:
             raise ETagMismatch(f"first-write: key {request.key!r} already exists")
     else:
         conn.execute(f"INSERT OR REPLACE INTO {table} {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?)", row)
+    if request.journal is not None:
+        journal, value = request.journal, request.value
+        outbox.record(conn, table, store, journal, "upsert", now=now, etag=etag, value=value)
     return etag
 
 
-def remove(conn: sqlite3.Connection, table: str, request: DeleteRequest) -> None:
+def remove(conn: sqlite3.Connection, table: str, store: str, request: DeleteRequest) -> None:
     """Delete one key; with an etag, only the live row carrying it."""
-    expected = given_etag(request)
+    expected, now = given_etag(request), timestamp()
     if expected is None:
         conn.execute(f"DELETE FROM {table} WHERE key = ?", (request.key,))
-        return
-    cursor = conn.execute(
-        f"DELETE FROM {table} WHERE key = ? AND etag = ? AND {ALIVE}",
-        (request.key, expected, timestamp()),
-    )
-    if cursor.rowcount == 0:
-        raise ETagMismatch(f"etag mismatch for key {request.key!r}")
+    else:
+        cursor = conn.execute(
+            f"DELETE FROM {table} WHERE key = ? AND etag = ? AND {ALIVE}",
+            (request.key, expected, now),
+        )
+        if cursor.rowcount == 0:
+            raise ETagMismatch(f"etag mismatch for key {request.key!r}")
+    if request.journal is not None:
+        outbox.record(conn, table, store, request.journal, "delete", now=now)
 
 
-def apply(conn: sqlite3.Connection, table: str, operations: Sequence[Operation]) -> None:
+def apply(
+    conn: sqlite3.Connection, table: str, store: str, operations: Sequence[Operation]
+) -> None:
     """Every operation in order; the first failed check raises (the caller rolls back)."""
     for operation in operations:
         if isinstance(operation, SetRequest):
-            write(conn, table, operation)
+            write(conn, table, store, operation)
         else:
-            remove(conn, table, operation)
+            remove(conn, table, store, operation)
 
 
 def _encode(request: SetRequest) -> tuple[str, int]:

@@ -7,34 +7,60 @@ Turned on by the store component's metadata, either pair of names:
 
 The pubsub must be a component of the sidecar that serves the store.  Each change is one event
 on that topic, ``type`` :data:`CHANGE_EVENT_TYPE`, ``source`` the serving app, ``subject`` the key,
-``data`` = ``{"store", "key", "appId", "operation": "upsert"|"delete", "etag", "value"}``
-(``value`` only on upserts: the JSON value, or ``valueBase64`` for bytes that are not JSON;
-``key`` is the app's key, ``appId`` the app that made the change).  Expiry is not reported.
+``time`` the time of the write, ``data`` = ``{"store", "key", "appId", "operation":
+"upsert"|"delete", "etag", "value"}`` (``value`` only on upserts: the JSON value, or
+``valueBase64`` for bytes that are not JSON; ``key`` is the app's key, ``appId`` the app that made
+the change).  The event ``id`` belongs to the change: a re-published change carries the same id,
+so a subscriber de-duplicates on it.  Expiry is not reported: a value that expires has no event.
 
-Guarantee: at least once, after commit.  The serving sidecar publishes the events of a change
-(one batch per request, in the order of its operations) after the store committed it and before
-it answers; a publish returns only once the pubsub holds the events durably.  So every change a
-caller saw succeed (2xx) has its events on the topic.  If the publish fails, or the sidecar dies
-between the commit and the publish, the caller gets an error (500, or a broken connection) for a
-change that is committed: its retry commits again and publishes, so a retrying caller loses no
-event but a subscriber may see one twice (de-duplicate on key and etag).  A caller that gives up
-after such an error leaves a change without an event.  The state change and its event are not
-committed in one transaction, even when store and bus share one SQLite file.
+Guarantee: at least once, whatever the client does (a transactional outbox).  A change and its
+record commit together (:mod:`state.store`): in one SQL transaction on ``state.sqlite`` and
+``state.postgresql``, in one Lua script or MULTI/EXEC on ``state.redis``, in one step of the event
+loop on ``state.in-memory`` (which keeps nothing across a restart, records included).  A
+:class:`ChangeRelay` publishes the records oldest first and deletes each batch once the pubsub
+holds it durably.  It runs after every write, at start-up and every ``poll`` seconds, so what a
+SIGKILLed sidecar left unpublished goes out from the next relay (the restarted sidecar or a
+replica) once the dead relay's lease has lapsed.  A failed publish leaves the records where they
+are: the relay tries again with backoff, logging each failure.  A change may be published twice
+(a relay dies between a publish and its delete, or a slow relay's lease is taken over).
+
+The caller's answer: a write is answered once it is committed and the relay pass that follows it
+has ended (``wait`` seconds at most).  So when this sidecar's relay holds the lease and the pubsub
+works, a change answered 2xx has its event on the topic already, as before the outbox.  A failed
+publish no longer fails the write (the record guarantees the event): the caller gets its 2xx and
+the event follows once the pubsub is back; while the relay backs off, writes do not wait for it.
+A sidecar whose relay does not hold the lease (a replica) answers at commit; the holder
+publishes within ``poll``.
+
+Replicas: one relay per store publishes at a time, the holder of the store's *relay lease* (a row
+of the store's database, a Redis key with an expiry), renewed by every pass and lapsing ``lease``
+seconds after its holder stopped; a relay that stops cleanly releases it at once.  So a store's
+records are published in commit order by one relay, and replicas do not each publish every
+record.  (Per-record claims such as SKIP LOCKED would let replicas publish side by side, but out
+of order.)  On PostgreSQL, concurrent transactions of different keys may commit in another order
+than they numbered their records; the changes of one key always follow their commit order.
+Defaults (:class:`RelayTiming`): a pass every second at least, a 10 s lease, a 5 s wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import logging
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import orjson
 
+from bus.backoff import Backoff
 from bus.errors import ConfigError
 from bus.message import Message
+from state.store import RecordedChange, StateStore
+
+log = logging.getLogger("omnibus.state.feed")
 
 CHANGE_EVENT_TYPE = "com.omnibus.state.changed"
 _NAMES = (("changeFeedPubsub", "changeFeedTopic"), ("outboxPublishPubsub", "outboxPublishTopic"))
@@ -72,52 +98,72 @@ class FeedSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class Change:
-    """One committed change, as the feed reports it."""
+class RelayTiming:
+    """How a relay paces itself; durations in seconds.
 
-    operation: Literal["upsert", "delete"]
-    key: str
-    app_id: str
-    etag: str | None = None
-    value: bytes | None = None
+    ``poll``: a pass at least this often (leftovers of other relays, lease renewal); ``lease``:
+    how long a pass keeps the relay lease; ``batch``: records per publish; ``backoff``: the waits
+    after failed passes; ``wait``: how long a write's answer waits for the pass after it;
+    ``grace``: how long closing waits for a last pass.
+    """
+
+    poll: float = 1.0
+    lease: float = 10.0
+    batch: int = 256
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial=0.1, maximum=5.0))
+    wait: float = 5.0
+    grace: float = 5.0
+
+
+def _always() -> bool:
+    return True
 
 
 class ChangeFeed:
-    """Publishes the changes of one store to its feed topic."""
+    """The events of one store's changes: where they go and what they say.
+
+    ``ready`` tells whether the publisher may be used yet (a sidecar connects its pubsubs after
+    its stores); until it is, the relay leaves the records in the store.
+    """
 
     def __init__(
-        self, store: str, settings: FeedSettings, publisher: Publisher, *, source: str
+        self,
+        store: str,
+        settings: FeedSettings,
+        publisher: Publisher,
+        *,
+        source: str,
+        timing: RelayTiming | None = None,
+        ready: Callable[[], bool] = _always,
     ) -> None:
         self.store = store
         self.settings = settings
+        self.source = source
+        self.timing = timing or RelayTiming()
+        self.ready = ready
         self._publisher = publisher
-        self._source = source
 
-    async def publish(self, changes: Sequence[Change]) -> None:
+    async def publish(self, changes: Sequence[RecordedChange]) -> None:
         """Publish ``changes`` as one batch; returns once the pubsub holds them durably."""
-        if not changes:
-            return
-        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        batch = [self._message(change, now) for change in changes]
-        await self._publisher.publish(self.settings.topic, batch)
+        if changes:
+            await self._publisher.publish(self.settings.topic, [self._message(c) for c in changes])
 
-    def _message(self, change: Change, now: str) -> Message:
-        event_id = str(uuid.uuid4())
+    def _message(self, change: RecordedChange) -> Message:
         event = {
-            "id": event_id,
+            "id": change.event_id,
             "specversion": "1.0",
-            "source": self._source,
+            "source": self.source,
             "type": CHANGE_EVENT_TYPE,
             "datacontenttype": "application/json",
             "topic": self.settings.topic,
             "pubsubname": self.settings.pubsub,
             "subject": change.key,
-            "time": now,
+            "time": change.time.isoformat().replace("+00:00", "Z"),
             "data": self._data(change),
         }
-        return Message(data=orjson.dumps(event), id=event_id)
+        return Message(data=orjson.dumps(event), id=change.event_id)
 
-    def _data(self, change: Change) -> dict[str, Any]:
+    def _data(self, change: RecordedChange) -> dict[str, Any]:
         data: dict[str, Any] = {
             "store": self.store,
             "key": change.key,
@@ -131,3 +177,132 @@ class ChangeFeed:
             except orjson.JSONDecodeError:
                 data["valueBase64"] = base64.b64encode(change.value).decode()
         return data
+
+
+class ChangeRelay:
+    """Publishes the changes a store recorded, oldest first, and deletes them once published.
+
+    One task: a pass, then a pause until a write wakes it, ``poll`` elapses, or (after a failed
+    pass) the backoff has passed.  A pass claims a batch (holding the relay lease), publishes it,
+    forgets it, and goes on while batches come full.
+    """
+
+    def __init__(self, store: StateStore, feed: ChangeFeed) -> None:
+        self.store = store
+        self.feed = feed
+        self.holder = f"{feed.source}/{uuid.uuid4().hex[:12]}"
+        self._timing = feed.timing
+        self._woken = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._failures = 0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Start relaying (a first pass at once: what an earlier relay left goes out)."""
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._run(), name=f"change-relay-{self.store.name}")
+
+    def wake(self) -> asyncio.Future[None] | None:
+        """Ask for a pass, after a write committed its record.
+
+        The future is done when a pass that began after this call has ended (published, failed,
+        or found another relay holding the lease); ``None`` when no pass is worth waiting for:
+        the relay is stopped, its publisher not ready yet, or it is backing off after a failure.
+        """
+        if self._task is None or self._stopping or self._failures or not self.feed.ready():
+            return None
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._woken.set()
+        return waiter
+
+    async def flush(self) -> None:
+        """Wake the relay after a committed write and wait for that pass (``wait`` s at most)."""
+        waiter = self.wake()
+        if waiter is not None:
+            with contextlib.suppress(TimeoutError):  # the record stands: its event will follow
+                # shielded: a caller that gives up leaves the pass running
+                await asyncio.wait_for(asyncio.shield(waiter), self._timing.wait)
+
+    async def stop(self) -> None:
+        """A last pass (within ``grace``), then stop and release the lease."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        self._woken.set()
+        done, _ = await asyncio.wait({task}, timeout=self._timing.grace)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._settle(self._waiters)
+        self._waiters = []
+        try:
+            await self.store.release_changes(self.holder)
+        except Exception as exc:  # the lease lapses on its own
+            log.warning("change feed of %s: releasing the relay lease failed: %s", self.name, exc)
+
+    @property
+    def name(self) -> str:
+        """The store's name."""
+        return self.store.name
+
+    async def _run(self) -> None:
+        while True:
+            pause = await self._pass()
+            if self._stopping and not self._woken.is_set():
+                return  # a stop during a pass gets one more pass, for what that one missed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), pause)
+
+    async def _pass(self) -> float:
+        """One pass; the pause before the next: ``poll``, or the backoff after a failure."""
+        self._woken.clear()
+        waiters, self._waiters = self._waiters, []
+        try:
+            relayed = await self._drain() if self.feed.ready() else 0
+        except Exception as exc:
+            self._failures += 1
+            pause = self._timing.backoff.delay(self._failures)
+            log.warning(
+                "change feed of %s: relaying to %s/%s failed (try %d: %s); the changes stay "
+                "recorded, next try in %.2fs",
+                self.name,
+                self.feed.settings.pubsub,
+                self.feed.settings.topic,
+                self._failures,
+                exc,
+                pause,
+            )
+            return pause
+        else:
+            if self._failures and relayed:
+                log.info("change feed of %s: relaying again", self.name)
+            self._failures = 0
+            return self._timing.poll
+        finally:
+            self._settle(waiters)
+
+    async def _drain(self) -> int:
+        """Publish and forget batches while they come full; how many changes went out."""
+        limit, relayed = self._timing.batch, 0
+        while True:
+            batch = await self.store.claim_changes(
+                self.holder, lease=self._timing.lease, limit=limit
+            )
+            if not batch:  # nothing recorded, or another relay holds the lease
+                return relayed
+            await self.feed.publish(batch)
+            await self.store.forget_changes(batch)
+            relayed += len(batch)
+            if len(batch) < limit:
+                return relayed
+
+    @staticmethod
+    def _settle(waiters: list[asyncio.Future[None]]) -> None:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

@@ -5,14 +5,20 @@ decimal text of a per-store counter, so an etag is never reused, even after dele
 Expired entries are invisible at once and dropped when touched or by a sweep every 1,000 writes.
 Every operation runs without awaiting in between, so each (and each transaction) is atomic in
 the event loop; nothing is shared across processes, as with Dapr's in-memory store.
+
+Outbox (the change feed, :mod:`state.store`): ``{position: RecordedChange}`` in commit order,
+appended by the write that makes the change, deleted once the relay published it; the relay lease
+is ``(relay, monotonic expiry)``.  Nothing survives the process, so nothing survives a crash; the
+relay reads and publishes these records the same way it does on the other stores.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import orjson
 
@@ -24,8 +30,10 @@ from state.store import (
     DeleteRequest,
     Feature,
     Item,
+    Journal,
     Operation,
     QueryResult,
+    RecordedChange,
     SetRequest,
     StoreLifecycle,
 )
@@ -61,6 +69,9 @@ class MemoryStore(StoreLifecycle):
         self._data: dict[str, _Entry] = {}
         self._version = 0
         self._writes = 0
+        self._outbox: dict[int, RecordedChange] = {}
+        self._recorded = 0
+        self._lease: tuple[str, float] | None = None
 
     async def get(self, key: str) -> Item | None:
         """The live item under ``key``."""
@@ -78,7 +89,9 @@ class MemoryStore(StoreLifecycle):
 
     async def set(self, request: SetRequest) -> str:
         """Save one value after its etag check."""
-        entry = self._apply_set(self._data, request, time.time())
+        records: list[RecordedChange] = []
+        entry = self._apply_set(self._data, request, time.time(), records)
+        self._commit(records)
         self._after_write()
         return str(entry.version)
 
@@ -95,24 +108,48 @@ class MemoryStore(StoreLifecycle):
 
     async def delete(self, request: DeleteRequest) -> None:
         """Delete one key after its etag check."""
-        self._apply_delete(self._data, request, time.time())
+        records: list[RecordedChange] = []
+        self._apply_delete(self._data, request, time.time(), records)
+        self._commit(records)
 
     async def transact(self, operations: Sequence[Operation]) -> None:
         """Check and stage every operation on an overlay, then apply them all at once."""
         now = time.time()
         staged: dict[str, _Entry | None] = {}
+        records: list[RecordedChange] = []
         view = _Overlay(self._data, staged)
         for operation in operations:
             if isinstance(operation, SetRequest):
-                self._apply_set(view, operation, now)
+                self._apply_set(view, operation, now, records)
             else:
-                self._apply_delete(view, operation, now)
+                self._apply_delete(view, operation, now, records)
         for key, entry in staged.items():
             if entry is None:
                 self._data.pop(key, None)
             else:
                 self._data[key] = entry
+        self._commit(records)
         self._after_write()
+
+    async def claim_changes(
+        self, relay: str, *, lease: float, limit: int
+    ) -> list[RecordedChange] | None:
+        """The oldest records while ``relay`` holds the lease (taken when free or lapsed)."""
+        now = time.monotonic()
+        if self._lease is not None and self._lease[0] != relay and self._lease[1] > now:
+            return None
+        self._lease = (relay, now + lease)
+        return [change for _, change in zip(range(limit), self._outbox.values(), strict=False)]
+
+    async def forget_changes(self, changes: Sequence[RecordedChange]) -> None:
+        """Delete published records."""
+        for change in changes:
+            self._outbox.pop(int(change.position), None)
+
+    async def release_changes(self, relay: str) -> None:
+        """Free the lease if ``relay`` holds it."""
+        if self._lease is not None and self._lease[0] == relay:
+            self._lease = None
 
     async def query(self, query: Mapping[str, Any], key_prefix: str) -> QueryResult:
         """Filter, sort and page the JSON values under ``key_prefix``."""
@@ -152,7 +189,9 @@ class MemoryStore(StoreLifecycle):
             raise ETagMismatch(f"etag mismatch for key {key!r}")
         return current
 
-    def _apply_set(self, data: _Store, request: SetRequest, now: float) -> _Entry:
+    def _apply_set(
+        self, data: _Store, request: SetRequest, now: float, records: list[RecordedChange]
+    ) -> _Entry:
         current = self._check(data, request.key, given_etag(request), now)
         if needs_absent(request) and current is not None:
             raise ETagMismatch(f"first-write: key {request.key!r} already exists")
@@ -165,11 +204,24 @@ class MemoryStore(StoreLifecycle):
             request.is_binary,
         )
         data[request.key] = entry
+        if request.journal is not None:
+            etag = str(entry.version)
+            records.append(_record(request.journal, "upsert", etag, request.value, now))
         return entry
 
-    def _apply_delete(self, data: _Store, request: DeleteRequest, now: float) -> None:
+    def _apply_delete(
+        self, data: _Store, request: DeleteRequest, now: float, records: list[RecordedChange]
+    ) -> None:
         self._check(data, request.key, given_etag(request), now)
         data.pop(request.key, None)
+        if request.journal is not None:
+            records.append(_record(request.journal, "delete", None, None, now))
+
+    def _commit(self, records: list[RecordedChange]) -> None:
+        """Append the records of a write that succeeded, numbered in commit order."""
+        for record in records:
+            self._recorded += 1
+            self._outbox[self._recorded] = replace(record, position=str(self._recorded))
 
     def _after_write(self) -> None:
         self._writes += 1
@@ -201,6 +253,19 @@ class _Overlay:
 
 
 _Store = dict[str, _Entry] | _Overlay
+
+
+def _record(
+    journal: Journal,
+    operation: Literal["upsert", "delete"],
+    etag: str | None,
+    value: bytes | None,
+    now: float,
+) -> RecordedChange:
+    moment = datetime.fromtimestamp(now, UTC)
+    return RecordedChange(
+        "", journal.event_id, operation, journal.key, journal.app_id, etag, value, moment
+    )
 
 
 def _item(key: str, entry: _Entry) -> Item:

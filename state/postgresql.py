@@ -15,14 +15,30 @@ Storage layout (the same tables mean the same to Dapr v2 and to omnibus)::
       -- "lock" (migration lock row), "migrations-state-v2-<prefix>" = "2",
       -- "last-cleanup-state-v2-<prefix>" = time of the last purge
 
+    -- omnibus's outbox for the change feed (state.feed), beside Dapr's tables; Dapr ignores it
+    <state table>_outbox (
+      seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,   -- record order; never reused
+      store text NOT NULL,                    -- the component's name
+      event_id text NOT NULL,                 -- the CloudEvent id
+      operation text NOT NULL,                -- "upsert" | "delete"
+      key text NOT NULL, app_id text NOT NULL,    -- the app's key (unprefixed), the app
+      etag text, value bytea,                 -- the new etag and the bytes saved (upserts)
+      recorded_at timestamptz NOT NULL        -- when the change was made
+    )  -- a row lives from the commit of its change until its event is published
+    <state table>_outbox_lease (store text PRIMARY KEY, relay text, expires_at timestamptz)
+      -- the relay that publishes a store's records, until expires_at
+
 Rows past ``expires_at`` are invisible at once and deleted every ``cleanupInterval`` (default
 1 h; 0 disables) by whichever process claims the last-cleanup row first, as in Dapr.  Saves
 check their etag or first-write condition in the same statement that writes; a transaction runs
 its statements in one database transaction.  Queries (which Dapr's v2 store lacks) read the
 values as jsonb through the function ``<state table>_jsonb(bytea)``, created with the tables.
 ``tableName`` (an omnibus extension) names the state table outright instead of
-``<tablePrefix>state``.  A first-write save of an existing key is an ETagMismatch, as on every
-store here (Dapr v2 reports a generic error).
+``<tablePrefix>state``.  A write with a journal inserts its outbox record in the same statement
+(:mod:`state._postgres_outbox`), so it commits with the write; the relay lease is taken by an
+upsert that succeeds only for its holder or once it lapsed (the database's clock).  A
+first-write save of an existing key is an ETagMismatch, as on every store here (Dapr v2 reports
+a generic error).
 """
 
 from __future__ import annotations
@@ -32,10 +48,11 @@ import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg  # type: ignore[import-untyped]
 
+from state import _postgres_outbox as outbox
 from state._common import PeriodicPurge, given_etag, needs_absent
 from state._postgres_query import select_sql
 from state._postgres_schema import connect_arguments, migrate
@@ -46,8 +63,10 @@ from state.store import (
     DeleteRequest,
     Feature,
     Item,
+    Journal,
     Operation,
     QueryResult,
+    RecordedChange,
     SetRequest,
     StoreLifecycle,
 )
@@ -175,6 +194,35 @@ class PostgresStore(StoreLifecycle):
                 else:
                     await self._remove(conn, operation)
 
+    async def claim_changes(
+        self, relay: str, *, lease: float, limit: int
+    ) -> list[RecordedChange] | None:
+        """Take or renew the lease (one upsert), then read the oldest records."""
+        table = self.settings.state_table
+        async with self._errors():
+            status = await self.pool.execute(
+                outbox.claim_statement(table), self.name, relay, float(lease)
+            )
+            if status.endswith(" 0"):
+                return None
+            rows = await self.pool.fetch(outbox.select_statement(table), self.name, limit)
+        return [outbox.change(row) for row in rows]
+
+    async def forget_changes(self, changes: Sequence[RecordedChange]) -> None:
+        """Delete published records."""
+        if changes:
+            positions = [int(change.position) for change in changes]
+            async with self._errors():
+                await self.pool.execute(
+                    outbox.forget_statement(self.settings.state_table), positions
+                )
+
+    async def release_changes(self, relay: str) -> None:
+        """Free the relay lease if ``relay`` holds it."""
+        statement = outbox.release_statement(self.settings.state_table)
+        async with self._errors():
+            await self.pool.execute(statement, self.name, relay)
+
     async def query(self, query: Mapping[str, Any], key_prefix: str) -> QueryResult:
         """Run a Dapr query as one SELECT over the values as jsonb (an omnibus addition)."""
         parsed = parse_query(query)
@@ -234,6 +282,8 @@ class PostgresStore(StoreLifecycle):
                 f"VALUES ($1, $2, $3, {expires}) ON CONFLICT (key) DO UPDATE SET "
                 f"value = $2, updated_at = now(), etag = $3, expires_at = {expires}{only_expired}"
             )
+        if request.journal is not None:
+            sql, params = self._recorded(sql, params, request.journal, "upsert")
         status = await db.execute(sql, *params)
         if status.endswith(" 0"):
             raise ETagMismatch(
@@ -245,19 +295,41 @@ class PostgresStore(StoreLifecycle):
 
     async def _remove(self, db: Any, request: DeleteRequest) -> None:
         table, expected = self.settings.state_table, given_etag(request)
+        params: list[Any] = [request.key]
         if expected is None:
-            await db.execute(f"DELETE FROM {table} WHERE key = $1", request.key)
-            return
-        expected_uuid = _uuid(expected)
-        status = "DELETE 0"
-        if expected_uuid is not None:
-            status = await db.execute(
-                f"DELETE FROM {table} WHERE key = $1 AND etag = $2 AND {_ALIVE}",
-                request.key,
-                expected_uuid,
-            )
-        if status.endswith(" 0"):
+            sql = f"DELETE FROM {table} WHERE key = $1"
+        else:
+            expected_uuid = _uuid(expected)
+            if expected_uuid is None:
+                raise ETagMismatch(f"etag mismatch for key {request.key!r}")
+            sql = f"DELETE FROM {table} WHERE key = $1 AND etag = $2 AND {_ALIVE}"
+            params.append(expected_uuid)
+        if request.journal is not None:
+            always = expected is None  # recorded even if the key was absent
+            sql, params = self._recorded(sql, params, request.journal, "delete", always=always)
+        status = await db.execute(sql, *params)
+        if expected is not None and status.endswith(" 0"):
             raise ETagMismatch(f"etag mismatch for key {request.key!r}")
+
+    def _recorded(
+        self,
+        sql: str,
+        params: list[Any],
+        journal: Journal,
+        operation: Literal["upsert", "delete"],
+        *,
+        always: bool = False,
+    ) -> tuple[str, list[Any]]:
+        """The write ``sql`` inserting its outbox record too (:func:`outbox.recorded`)."""
+        return outbox.recorded(
+            sql,
+            params,
+            table=self.settings.state_table,
+            store=self.name,
+            journal=journal,
+            operation=operation,
+            always=always,
+        )
 
     @contextlib.asynccontextmanager
     async def _errors(self) -> Any:

@@ -8,12 +8,25 @@ Storage layout (one Redis HASH per state key, the key being the prefixed state k
       first-write  "0", present once the key was saved with first-write concurrency (as Dapr)
     TTL            the key's own expiry (EXPIRE ttlInSeconds; PERSIST for -1 or no TTL)
 
+    STREAM omnibus:outbox:<store-name>          the change feed's outbox (state.feed)
+      one entry per recorded change, in commit order: id (the CloudEvent id), op ("upsert" |
+      "delete"), key (the app's key), app, etag and value (upserts), time (epoch seconds);
+      appended by the write's own script or MULTI/EXEC, XDELed once its event is published
+      (the key may stay behind, empty)
+    STRING omnibus:outbox-relay:<store-name>    the relay lease: the holding relay's id, with
+      a PX expiry; taken when absent, renewed by its holder, DELeted by it when it stops
+
 Saves and deletes with their etag and first-write checks are single Lua scripts (Dapr's, with the
-TTL folded in so a save and its expiry are atomic).  A transaction WATCHes its keys, checks every
-etag in order against the versions read, and writes in MULTI/EXEC, retrying if a key changed in
-between: all or nothing, unlike Dapr's MULTI of scripts, which cannot roll back.  Bulk gets are one
-pipeline of HGETALL + PEXPIRETIME.  A plain string key (written by very old Dapr versions) reads
-with no etag and is replaced by the next save.
+TTL folded in so a save and its expiry are atomic, and the outbox entry when the request carries
+a journal, so a change and its record are one script).  A transaction WATCHes its keys, checks
+every etag in order against the versions read, and writes in MULTI/EXEC, retrying if a key
+changed in between: all or nothing, unlike Dapr's MULTI of scripts, which cannot roll back; its
+outbox entries are in the same MULTI/EXEC, with the versions the checks computed.  The relay
+claims with one script (lease check and renewal, then XRANGE of the oldest entries) and forgets
+by entry id (XDEL), so a late delete removes only what it published (the scripts and the
+entries' fields: :mod:`state._redis_scripts`).  Bulk gets are one pipeline of HGETALL +
+PEXPIRETIME.  A plain string key (written by very old Dapr versions) reads with no etag and is
+replaced by the next save.
 
 Where the contract of :mod:`state.store` and Dapr's scripts disagree, the contract wins (all
 stores behave alike): an etag is checked whenever one is given (Dapr ignores it under an explicit
@@ -24,7 +37,6 @@ an etag of a missing key is an ETagMismatch (Dapr reports success).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bus.errors import BrokerError, BrokerUnavailable
 from bus.redis.link import Command, RedisAddress, RedisLink
+from state import _redis_scripts as scripts
 from state._common import InFlight, given_etag, needs_absent
 from state.errors import (
     BulkError,
@@ -56,6 +69,7 @@ from state.store import (
     Item,
     Operation,
     QueryResult,
+    RecordedChange,
     SetRequest,
     StoreLifecycle,
 )
@@ -63,51 +77,7 @@ from state.store import (
 _MISMATCH = "ETAG_MISMATCH"
 _WATCH_RETRIES = 10
 _CLOSE_GRACE = 5.0
-
-# KEYS[1] key; ARGV[1] expected etag ("" = none); ARGV[2] data; ARGV[3] "1" = first-write;
-# ARGV[4] TTL seconds (<= 0: no expiry).
-_SET = """
-local version = redis.pcall("HGET", KEYS[1], "version")
-if type(version) == "table" then
-  redis.call("DEL", KEYS[1])
-  version = false
-end
-if ARGV[1] ~= "" then
-  if version ~= ARGV[1] then return redis.error_reply("ETAG_MISMATCH") end
-elseif ARGV[3] == "1" and version then
-  return redis.error_reply("ETAG_MISMATCH")
-end
-redis.call("HSET", KEYS[1], "data", ARGV[2])
-if ARGV[3] == "1" then redis.call("HSET", KEYS[1], "first-write", 0) end
-local new = redis.call("HINCRBY", KEYS[1], "version", 1)
-local ttl = tonumber(ARGV[4])
-if ttl > 0 then redis.call("EXPIRE", KEYS[1], ttl) else redis.call("PERSIST", KEYS[1]) end
-return new
-"""
-
-# KEYS[1] key; ARGV[1] expected etag ("" = none).
-_DELETE = """
-if ARGV[1] == "" then return redis.call("DEL", KEYS[1]) end
-local version = redis.pcall("HGET", KEYS[1], "version")
-if version ~= ARGV[1] then return redis.error_reply("ETAG_MISMATCH") end
-return redis.call("DEL", KEYS[1])
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class _Script:
-    """A Lua script and the SHA1 that EVALSHA names it by."""
-
-    source: str
-    sha: str
-
-    @classmethod
-    def of(cls, source: str) -> _Script:
-        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
-
-
-_SET_SCRIPT = _Script.of(_SET)
-_DELETE_SCRIPT = _Script.of(_DELETE)
+_SET = scripts.SET.source  # the save script's text: benchmarks/state_bench.py runs it raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +118,8 @@ class RedisStore(StoreLifecycle):
         self._client: aioredis.Redis | None = None
         self._link: RedisLink | None = None
         self._inflight = InFlight()
+        self._outbox = scripts.OUTBOX_KEY.format(store=name)
+        self._lease = scripts.LEASE_KEY.format(store=name)
 
     async def connect(self) -> None:
         """Create the client and check the server answers."""
@@ -214,16 +186,19 @@ class RedisStore(StoreLifecycle):
         except BrokerError as exc:
             raise StoreUnavailable(f"state store {self.name!r}: Redis error: {exc}") from exc
 
-    async def _scripts(self, calls: Sequence[tuple[_Script, str, Sequence[Any]]]) -> list[Any]:
-        """Run scripts ``(source, key, args)`` by EVALSHA; a server that lacks one (restarted,
+    async def _scripts(self, calls: Sequence[scripts.Call]) -> list[Any]:
+        """Run scripts ``(script, keys, args)`` by EVALSHA; a server that lacks one (restarted,
         flushed) gets those calls again as EVAL, which loads them."""
         replies = await self._run(
-            [("EVALSHA", script.sha, 1, key, *args) for script, key, args in calls]
+            [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
         )
         missing = [i for i, r in enumerate(replies) if _no_script(r)]
         if missing:
             again = await self._run(
-                [("EVAL", calls[i][0].source, 1, calls[i][1], *calls[i][2]) for i in missing]
+                [
+                    ("EVAL", script.source, len(keys), *keys, *args)
+                    for script, keys, args in (calls[i] for i in missing)
+                ]
             )
             for index, reply in zip(missing, again, strict=True):
                 replies[index] = reply
@@ -257,8 +232,7 @@ class RedisStore(StoreLifecycle):
             return await self._set_now(request)
 
     async def _set_now(self, request: SetRequest) -> str:
-        args = self._set_args(request)
-        [version] = await self._scripts([(_SET_SCRIPT, request.key, args)])
+        [version] = await self._scripts([self._set_call(request)])
         if isinstance(version, ResponseError):
             raise _translate(self.name, version)
         return str(version)
@@ -270,16 +244,16 @@ class RedisStore(StoreLifecycle):
 
     async def _bulk_set_now(self, requests: Sequence[SetRequest]) -> None:
         errors: list[tuple[str, StateError]] = []
-        calls: list[tuple[_Script, str, Sequence[Any]]] = []
+        calls: list[scripts.Call] = []
         for request in requests:
             try:
-                calls.append((_SET_SCRIPT, request.key, self._set_args(request)))
+                calls.append(self._set_call(request))
             except StateError as exc:
                 errors.append((request.key, exc))
         replies = await self._scripts(calls) if calls else []
-        for (_, key, _), reply in zip(calls, replies, strict=True):
+        for (_, keys, _), reply in zip(calls, replies, strict=True):
             if isinstance(reply, Exception):
-                errors.append((key, _translate(self.name, reply)))
+                errors.append((keys[0], _translate(self.name, reply)))
         if errors:
             order = {request.key: i for i, request in enumerate(requests)}
             raise BulkError(sorted(errors, key=lambda e: order[e[0]]))
@@ -292,8 +266,39 @@ class RedisStore(StoreLifecycle):
     async def _delete_now(self, request: DeleteRequest) -> None:
         etag = given_etag(request)
         _check_etag(etag)
-        [reply] = await self._scripts([(_DELETE_SCRIPT, request.key, [etag or ""])])
+        keys, args = [request.key], [etag or ""]
+        if request.journal is not None:
+            keys.append(self._outbox)
+            args += scripts.journal_args(request.journal)
+        [reply] = await self._scripts([(scripts.DELETE, keys, args)])
         if isinstance(reply, ResponseError):
+            raise _translate(self.name, reply)
+
+    async def claim_changes(
+        self, relay: str, *, lease: float, limit: int
+    ) -> list[RecordedChange] | None:
+        """One script: the lease checked and renewed, then XRANGE of the oldest entries."""
+        args = [relay, max(1, int(lease * 1000)), limit]
+        async with self._inflight:
+            [reply] = await self._scripts([(scripts.CLAIM, [self._lease, self._outbox], args)])
+        if isinstance(reply, Exception):
+            raise _translate(self.name, reply)
+        return None if reply is None else [scripts.recorded(entry) for entry in reply]
+
+    async def forget_changes(self, changes: Sequence[RecordedChange]) -> None:
+        """XDEL of the published entries."""
+        if not changes:
+            return
+        async with self._inflight:
+            [reply] = await self._run([("XDEL", self._outbox, *(c.position for c in changes))])
+        if isinstance(reply, Exception):
+            raise _translate(self.name, reply)
+
+    async def release_changes(self, relay: str) -> None:
+        """DEL of the lease if ``relay`` holds it."""
+        async with self._inflight:
+            [reply] = await self._scripts([(scripts.RELEASE, [self._lease], [relay])])
+        if isinstance(reply, Exception):
             raise _translate(self.name, reply)
 
     async def transact(self, operations: Sequence[Operation]) -> None:
@@ -336,38 +341,47 @@ class RedisStore(StoreLifecycle):
                 raw = None
                 plain.add(key)
             versions[key] = None if raw is None else int(raw)
-        for operation in operations:
-            _simulate(versions, operation)
+        etags = [_simulate(versions, operation) for operation in operations]
         pipe.multi()
         for key in plain:
             pipe.delete(key)
-        for operation in operations:
-            self._queue(pipe, operation)
+        for operation, etag in zip(operations, etags, strict=True):
+            self._queue(pipe, operation, etag)
         await pipe.execute()
 
-    def _queue(self, pipe: Any, operation: Operation) -> None:
+    def _queue(self, pipe: Any, operation: Operation, etag: int | None) -> None:
+        """The commands of one operation of a transaction; ``etag``: the version it leaves."""
         if isinstance(operation, DeleteRequest):
             pipe.delete(operation.key)
-            return
-        pipe.hset(operation.key, "data", operation.value)
-        if needs_absent(operation):
-            pipe.hset(operation.key, "first-write", 0)
-        pipe.hincrby(operation.key, "version", 1)
-        ttl = self._ttl(operation)
-        if ttl > 0:
-            pipe.expire(operation.key, ttl)
         else:
-            pipe.persist(operation.key)
+            pipe.hset(operation.key, "data", operation.value)
+            if needs_absent(operation):
+                pipe.hset(operation.key, "first-write", 0)
+            pipe.hincrby(operation.key, "version", 1)
+            ttl = self._ttl(operation)
+            if ttl > 0:
+                pipe.expire(operation.key, ttl)
+            else:
+                pipe.persist(operation.key)
+        if operation.journal is not None:
+            value = operation.value if isinstance(operation, SetRequest) else None
+            pipe.xadd(self._outbox, scripts.outbox_fields(operation.journal, etag, value))
 
     def _ttl(self, request: SetRequest) -> int:
         ttl = self.settings.ttl if request.ttl is None else request.ttl
         return 0 if ttl is None or ttl < 0 else ttl
 
-    def _set_args(self, request: SetRequest) -> list[Any]:
+    def _set_call(self, request: SetRequest) -> scripts.Call:
+        """The save script's call for ``request``, with the outbox entry if it has a journal."""
         etag = given_etag(request)
         _check_etag(etag)
         first_write = "1" if needs_absent(request) else "0"
-        return [etag or "", request.value, first_write, self._ttl(request)]
+        keys = [request.key]
+        args = [etag or "", request.value, first_write, self._ttl(request)]
+        if request.journal is not None:
+            keys.append(self._outbox)
+            args += scripts.journal_args(request.journal)
+        return scripts.SET, keys, args
 
     async def _bulk_item(self, key: str, fields: Any, expiry: Any) -> BulkItem:
         if isinstance(fields, ResponseError):  # a plain string value, from before hashes
@@ -401,8 +415,9 @@ def _check_etag(etag: str | None) -> None:
         raise ETagInvalid(f"etag {etag!r} is not an integer, as Redis etags are")
 
 
-def _simulate(versions: dict[str, int | None], operation: Operation) -> None:
-    """Apply one operation's checks to the versions a transaction has seen so far."""
+def _simulate(versions: dict[str, int | None], operation: Operation) -> int | None:
+    """Apply one operation's checks to the versions a transaction has seen so far; the version
+    it leaves (None: deleted)."""
     current = versions[operation.key]
     etag = given_etag(operation)
     if etag is not None and current != int(etag):
@@ -413,6 +428,7 @@ def _simulate(versions: dict[str, int | None], operation: Operation) -> None:
         versions[operation.key] = (current or 0) + 1
     else:
         versions[operation.key] = None
+    return versions[operation.key]
 
 
 def _expires_at(reply: Any) -> datetime | None:

@@ -8,7 +8,9 @@ call.  Requests and replies are :mod:`state.wire` envelopes.  The serving side
 1. the component's ``scopes`` against the caller's app id: a store the app is not scoped to is
    answered as absent (:class:`~state.wire.StoreNotFound`), as Dapr does;
 2. the key prefix of the caller (:mod:`state.keys`), applied to keys and stripped from results;
-3. the store operation, then the change feed (:mod:`state.feed`) once the change is committed.
+3. the store operation; with a change feed (:mod:`state.feed`) every write carries a
+   :class:`~state.store.Journal`, so the store records the change in its outbox in the same
+   atomic write, and the answer waits for the relay pass that follows (never fails for it).
 
 :class:`StateClient` is what a sidecar calls: a store it serves itself is called in-process
 through :meth:`StateService.execute` (no bus, no serialization, the same checks); any other store
@@ -34,13 +36,14 @@ from bus.message import Message, validate_topic
 from bus.options import SubscriptionOptions
 from bus.rpc import RequestMode
 from state.errors import BulkError, NotSupported, StateError
-from state.feed import Change, ChangeFeed
+from state.feed import ChangeFeed, ChangeRelay
 from state.keys import KeyPrefix, KeyStrategy
 from state.store import (
     BulkItem,
     DeleteRequest,
     Feature,
     Item,
+    Journal,
     Operation,
     QueryResult,
     SetRequest,
@@ -48,7 +51,6 @@ from state.store import (
 )
 from state.wire import (
     BulkGet,
-    ChangeFeedError,
     Delete,
     Get,
     Query,
@@ -91,7 +93,7 @@ class StoreConfig:
 
 
 class StateService:
-    """One store with its component's scopes, key prefixes and change feed."""
+    """One store with its component's scopes, key prefixes and change feed (and its relay)."""
 
     def __init__(
         self,
@@ -102,6 +104,17 @@ class StateService:
         self.store = store
         self.config = config or StoreConfig(keys=KeyStrategy(store=store.name))
         self.feed = feed
+        self.relay = None if feed is None else ChangeRelay(store, feed)
+
+    async def start(self) -> None:
+        """Start the change feed's relay (the store must be connected)."""
+        if self.relay is not None:
+            await self.relay.start()
+
+    async def stop(self) -> None:
+        """Stop the relay after a last pass; the store stays open."""
+        if self.relay is not None:
+            await self.relay.stop()
 
     @property
     def name(self) -> str:
@@ -146,75 +159,52 @@ class StateService:
         ]
 
     async def _save(self, caller: str, prefix: KeyPrefix, requests: Sequence[SetRequest]) -> None:
-        stored = [replace(r, key=prefix.storage_key(r.key)) for r in requests]
+        stored = [
+            replace(r, key=prefix.storage_key(r.key), journal=self._journal(caller, r.key))
+            for r in requests
+        ]
         if not stored:
             return
-        if self.feed is None:
-            if len(stored) == 1:
-                await self.store.set(stored[0])
-                return
+        if len(stored) == 1:
+            await self.store.set(stored[0])
+        else:
             try:
                 await self.store.bulk_set(stored)
             except BulkError as exc:
+                await self._relayed()  # the saves that succeeded have their records
                 raise BulkError([(prefix.app_key(k), e) for k, e in exc.errors]) from exc
-            return
-        # One set per item: the feed reports each new etag, which bulk_set does not return.
-        changes: list[Change] = []
-        errors: list[tuple[str, StateError]] = []
-        for app, request in zip(requests, stored, strict=True):
-            try:
-                etag = await self.store.set(request)
-            except StateError as exc:
-                errors.append((app.key, exc))
-                continue
-            changes.append(Change("upsert", app.key, caller, etag, request.value))
-        await self._publish(changes)
-        if len(stored) == 1 and errors:
-            raise errors[0][1]
-        if errors:
-            raise BulkError(errors)
+        await self._relayed()
 
     async def _delete(self, caller: str, prefix: KeyPrefix, request: DeleteRequest) -> None:
-        await self.store.delete(replace(request, key=prefix.storage_key(request.key)))
-        await self._publish([Change("delete", request.key, caller)])
+        journal = self._journal(caller, request.key)
+        await self.store.delete(
+            replace(request, key=prefix.storage_key(request.key), journal=journal)
+        )
+        await self._relayed()
 
     async def _transact(
         self, caller: str, prefix: KeyPrefix, operations: Sequence[Operation]
     ) -> None:
-        stored = [replace(o, key=prefix.storage_key(o.key)) for o in operations]
-        if not stored:
-            return
-        await self.store.transact(stored)
-        if self.feed is None:
-            return
-        # transact returns no etags: read them back (a later write may have replaced one).
-        upserted = sorted({o.key for o in stored if isinstance(o, SetRequest)})
-        current = {b.key: b.item for b in await self.store.bulk_get(upserted)} if upserted else {}
-        changes = []
-        for app, op in zip(operations, stored, strict=True):
-            if isinstance(op, SetRequest):
-                item = current.get(op.key)
-                etag = None if item is None else item.etag
-                changes.append(Change("upsert", app.key, caller, etag, op.value))
-            else:
-                changes.append(Change("delete", app.key, caller))
-        await self._publish(changes)
+        stored = [
+            replace(o, key=prefix.storage_key(o.key), journal=self._journal(caller, o.key))
+            for o in operations
+        ]
+        if stored:
+            await self.store.transact(stored)
+            await self._relayed()
 
     async def _query(self, prefix: KeyPrefix, request: Query) -> QueryResult:
         result = await self.store.query(request.query, prefix.head)
         return QueryResult([_strip(item, prefix) for item in result.results], result.token)
 
-    async def _publish(self, changes: Sequence[Change]) -> None:
-        if self.feed is None or not changes:
-            return
-        try:
-            await self.feed.publish(changes)
-        except Exception as exc:
-            raise ChangeFeedError(
-                f"the change to {self.name} is committed but its change event could not be "
-                f"published to {self.feed.settings.pubsub}/{self.feed.settings.topic} "
-                f"(retry the request): {exc}"
-            ) from exc
+    def _journal(self, caller: str, key: str) -> Journal | None:
+        """What the store records with a write when a feed is on (the app's key, unprefixed)."""
+        return None if self.relay is None else Journal(caller, key)
+
+    async def _relayed(self) -> None:
+        """Wait for the relay pass that follows a committed write (see :mod:`state.feed`)."""
+        if self.relay is not None:
+            await self.relay.flush()
 
     async def reply(self, message: Message) -> bytes:
         """The bus replier: decode, execute, encode; errors become coded error replies."""
@@ -261,7 +251,7 @@ class StateClient:
         self.services: Mapping[str, StateService] = {s.name: s for s in services}
         self.timeout = timeout
         self._serving: list[Subscription] = []
-        self._connected: list[StateStore] = []
+        self._connected: list[StateService] = []
 
     def local(self, store: str) -> StateService | None:
         """The service of ``store`` if this sidecar loaded it."""
@@ -297,11 +287,12 @@ class StateClient:
         return result
 
     async def start(self) -> None:
-        """Connect every local store and serve it on the bus (when there is one)."""
+        """Connect every local store, start its feed's relay, serve it on the bus (if any)."""
         try:
             for service in self.services.values():
                 await service.store.connect()
-                self._connected.append(service.store)
+                self._connected.append(service)
+                await service.start()
                 if self.bus is not None:
                     self._serving.append(await service.serve(self.bus))
         except BaseException:
@@ -309,16 +300,21 @@ class StateClient:
             raise
 
     async def close(self) -> None:
-        """Stop serving, then close the stores (each error logged, none raised)."""
+        """Stop serving, then stop the relays, then close the stores (errors logged, not raised)."""
         for subscription in self._serving:
             try:
                 await subscription.stop()
             except Exception:
                 log.exception("stopping the state service of %s failed", subscription.topic)
         self._serving.clear()
-        for store in self._connected:
+        for service in self._connected:
             try:
-                await store.close()
+                await service.stop()
             except Exception:
-                log.exception("closing state store %s failed", store.name)
+                log.exception("stopping the change feed of %s failed", service.name)
+        for service in self._connected:
+            try:
+                await service.store.close()
+            except Exception:
+                log.exception("closing state store %s failed", service.name)
         self._connected.clear()

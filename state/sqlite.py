@@ -12,13 +12,30 @@ Storage layout (the same file means the same to Dapr and to omnibus)::
     CREATE TABLE <metadataTableName, default metadata> (key TEXT PRIMARY KEY, value TEXT)
         -- "migrations" = "1" (Dapr's migration level), "last-cleanup" = time of the last purge
 
+    -- omnibus's outbox for the change feed (state.feed), beside Dapr's tables; Dapr ignores it
+    CREATE TABLE <tableName>_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- commit order; never reused
+        store TEXT NOT NULL,                  -- the component's name (one file, several stores)
+        event_id TEXT NOT NULL,               -- the CloudEvent id
+        operation TEXT NOT NULL,              -- "upsert" | "delete"
+        key TEXT NOT NULL,                    -- the app's key, unprefixed
+        app_id TEXT NOT NULL,                 -- the app that made the change
+        etag TEXT, value BLOB,                -- the new etag and the bytes saved (upserts)
+        time TIMESTAMP NOT NULL)              -- when the change was made
+        -- a row lives from the commit of its change until its event is published
+    CREATE TABLE <tableName>_outbox_lease (store TEXT PRIMARY KEY, relay TEXT, expires REAL)
+        -- the relay that publishes a store's records, until ``expires`` (epoch seconds)
+
 Rows past their expiration_time are invisible at once and deleted by a purge every
 ``cleanupInterval`` (default 1 h; 0 disables), which, as in Dapr, runs only if no process sharing
 the file purged within the interval.  Times carry milliseconds (Dapr writes whole seconds; both
 compare correctly as text).  All sqlite3 calls of a store run on one worker thread of its own.
 Writes are group-committed: the saves, deletes and transactions waiting while the worker commits
 go together into the next ``BEGIN IMMEDIATE ... COMMIT``, each under its own savepoint, so a failed
-etag check undoes only its own request, and concurrent callers share one fsync.
+etag check undoes only its own request, and concurrent callers share one fsync.  A write with a
+journal inserts its outbox row under the same savepoint; the relay's claims and deletes of
+records join the group commit as well, so they are serialized with the writes of every process
+sharing the file.
 
 Beyond Dapr: the purge is on by default (Dapr's default interval is 0, off), and the query API
 (:mod:`state._sqlite_query`) runs over SQLite's JSON functions.
@@ -34,6 +51,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
 
+from state import _sqlite_outbox as outbox
 from state import _sqlite_statements as sql
 from state._common import PeriodicPurge
 from state._sqlite_db import Database, from_timestamp, timestamp
@@ -47,6 +65,7 @@ from state.store import (
     Item,
     Operation,
     QueryResult,
+    RecordedChange,
     SetRequest,
     StoreLifecycle,
 )
@@ -131,9 +150,8 @@ class SqliteStore(StoreLifecycle):
 
     async def set(self, request: SetRequest) -> str:
         """Save one value (its etag check and the write are one statement)."""
-        return cast(
-            str, await self._write(partial(sql.write, table=self.settings.table, request=request))
-        )
+        write = partial(sql.write, table=self.settings.table, store=self.name, request=request)
+        return cast(str, await self._write(write))
 
     async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
         """Save each (in one group commit, each on its own); BulkError lists the failures."""
@@ -153,12 +171,36 @@ class SqliteStore(StoreLifecycle):
 
     async def delete(self, request: DeleteRequest) -> None:
         """Delete one key after its etag check."""
-        await self._write(partial(sql.remove, table=self.settings.table, request=request))
+        table, store = self.settings.table, self.name
+        await self._write(partial(sql.remove, table=table, store=store, request=request))
 
     async def transact(self, operations: Sequence[Operation]) -> None:
         """All operations under one savepoint, undone together on a failed check."""
         ops = list(operations)
-        await self._write(partial(sql.apply, table=self.settings.table, operations=ops))
+        table, store = self.settings.table, self.name
+        await self._write(partial(sql.apply, table=table, store=store, operations=ops))
+
+    async def claim_changes(
+        self, relay: str, *, lease: float, limit: int
+    ) -> list[RecordedChange] | None:
+        """The oldest records, read in the group commit that checks (or takes) the lease."""
+        table, store = self.settings.table, self.name
+        claim = partial(
+            outbox.claim, table=table, store=store, relay=relay, lease=lease, limit=limit
+        )
+        return cast(list[RecordedChange] | None, await self._write(claim))
+
+    async def forget_changes(self, changes: Sequence[RecordedChange]) -> None:
+        """Delete published records (in the next group commit)."""
+        if changes:
+            positions = [change.position for change in changes]
+            table = self.settings.table
+            await self._write(partial(outbox.forget, table=table, positions=positions))
+
+    async def release_changes(self, relay: str) -> None:
+        """Free the relay lease if ``relay`` holds it."""
+        table, store = self.settings.table, self.name
+        await self._write(partial(outbox.release, table=table, store=store, relay=relay))
 
     async def query(self, query: Mapping[str, Any], key_prefix: str) -> QueryResult:
         """Run a Dapr query as one SELECT over SQLite's JSON functions."""

@@ -3,16 +3,27 @@
 Keys arrive fully prefixed (``<app-id>||<key>``, applied by the caller); values are bytes exactly
 as the application sent them (JSON values as their JSON text).  Every store is an async context
 manager; ``connect`` is idempotent.  Errors are those of :mod:`state.errors`.
+
+The outbox (for the change feed, :mod:`state.feed`): a write whose request carries a
+:class:`Journal` also records its change, in the same transaction or atomic script as the write
+itself, so a change is committed with its record or not at all.  A failed check (etag,
+first-write, a transaction rolled back) records nothing.  A store keeps its records in commit
+order, each with the new etag the store gave the value; the relay reads them with
+:meth:`StateStore.claim_changes` and deletes them with :meth:`StateStore.forget_changes` once
+published.  One relay at a time holds a store's *relay lease* (a row, a key, with an expiry on the
+store itself, so relays of several sidecars serving one store agree); the others read nothing
+until it lapses or is released.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 
 class Feature(StrEnum):
@@ -50,6 +61,23 @@ class Item:
     content_type: str | None = None
 
 
+def _event_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    """Asks a store to record a write's change in its outbox, atomically with the write.
+
+    ``key`` is the app's key (unprefixed), as the change event reports it; ``event_id`` becomes
+    the CloudEvent id, the same on every re-publish of the record.
+    """
+
+    app_id: str
+    key: str
+    event_id: str = field(default_factory=_event_id)
+
+
 @dataclass(frozen=True, slots=True)
 class SetRequest:
     """Save one value.
@@ -66,16 +94,21 @@ class SetRequest:
     ttl: int | None = None
     content_type: str | None = None
     is_binary: bool = False
+    journal: Journal | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class DeleteRequest:
-    """Delete one key; an absent key is no error unless an etag was given."""
+    """Delete one key; an absent key is no error unless an etag was given.
+
+    With a ``journal`` the delete is recorded even when the key was absent (no etag given).
+    """
 
     key: str
     etag: str | None = None
     concurrency: Concurrency = Concurrency.LAST_WRITE
     consistency: Consistency = Consistency.EVENTUAL
+    journal: Journal | None = None
 
 
 Operation = SetRequest | DeleteRequest
@@ -97,6 +130,24 @@ class QueryResult:
 
     results: list[Item]
     token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedChange:
+    """One change a store recorded in its outbox with the write that made it.
+
+    ``position`` is the store's own handle on the record (a row number, a stream entry id),
+    increasing in commit order and never reused; ``etag`` and ``value`` are set on upserts.
+    """
+
+    position: str
+    event_id: str
+    operation: Literal["upsert", "delete"]
+    key: str
+    app_id: str
+    etag: str | None
+    value: bytes | None
+    time: datetime
 
 
 @runtime_checkable
@@ -144,6 +195,21 @@ class StateStore(Protocol):
 
         NotSupported without QUERY_API; InvalidQuery for a malformed query.
         """
+
+    async def claim_changes(
+        self, relay: str, *, lease: float, limit: int
+    ) -> list[RecordedChange] | None:
+        """The oldest ``limit`` recorded changes, oldest first, if ``relay`` holds the relay lease.
+
+        Takes the lease when it is free or lapsed and keeps it ``lease`` seconds from now;
+        ``None`` while another relay holds it.
+        """
+
+    async def forget_changes(self, changes: Sequence[RecordedChange]) -> None:
+        """Delete these records (their events are published); records already gone are fine."""
+
+    async def release_changes(self, relay: str) -> None:
+        """Give the relay lease up if ``relay`` holds it, so another relay takes over at once."""
 
 
 class StoreLifecycle:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from state.postgresql import PostgresStore
-from state.store import SetRequest
+from state.store import Journal, SetRequest
 from tests.backends import missing_service
 from tests.state.conftest import drop_postgres_tables, postgres_settings
 
@@ -49,6 +49,18 @@ async def test_tables_and_migration_level_match_dapr_v2(store: PostgresStore) ->
         f"migrations-state-v2-{s.table_prefix}",
     )
     assert level == "2"
+
+
+async def test_the_outbox_tables_sit_beside_dapr_s(store: PostgresStore) -> None:
+    table = store.settings.state_table
+    etag = await store.set(SetRequest("a||k", b'"v"', journal=Journal("a", "k")))
+    rows = await store.pool.fetch(
+        f"SELECT store, operation, key, app_id, etag, value FROM {table}_outbox"
+    )
+    assert [tuple(row) for row in rows] == [("statestore", "upsert", "k", "a", etag, b'"v"')]
+    await store.claim_changes("relay-1", lease=30, limit=10)
+    holder = await store.pool.fetchval(f"SELECT relay FROM {table}_outbox_lease")
+    assert holder == "relay-1"
 
 
 async def test_a_row_dapr_wrote_reads_through(store: PostgresStore) -> None:

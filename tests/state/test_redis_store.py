@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
 from state.errors import BulkError, ETagInvalid, ETagMismatch, StoreUnavailable
 from state.redis import RedisStore, RedisStoreSettings
-from state.store import Concurrency, DeleteRequest, Feature, SetRequest, StateStore
+from state.store import Concurrency, DeleteRequest, Feature, Journal, SetRequest, StateStore
 from tests.backends.redis import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -42,6 +43,28 @@ async def test_a_saved_value_has_exactly_dapr_fields(store: RedisStore, key: Key
     await store.set(SetRequest(key("fw"), b"1", concurrency=Concurrency.FIRST_WRITE))
     fields = await store.client.hgetall(key("fw"))
     assert fields == {b"data": b"1", b"version": b"1", b"first-write": b"0"}
+
+
+async def test_recorded_changes_are_entries_of_the_store_s_outbox_stream(
+    store: RedisStore, key: Key
+) -> None:
+    # Given a save with a journal, a transaction with one, and a save without
+    await store.set(SetRequest(key("a"), b'"one"', journal=Journal("orders", "a")))
+    await store.transact([DeleteRequest(key("a"), journal=Journal("orders", "a"))])
+    await store.set(SetRequest(key("b"), b"1"))
+    # Then the stream named in the layout holds one entry per journaled change, with its fields
+    outbox, lease = f"omnibus:outbox:{store.name}", f"omnibus:outbox-relay:{store.name}"
+    entries: Any = await store.client.xrange(outbox)
+    [(_, upserted), (_, deleted)] = entries
+    assert (upserted[b"op"], upserted[b"value"], upserted[b"etag"]) == (b"upsert", b'"one"', b"1")
+    assert set(upserted) == {b"id", b"op", b"key", b"app", b"etag", b"value", b"time"}
+    assert (deleted[b"op"], deleted[b"key"], deleted[b"app"]) == (b"delete", b"a", b"orders")
+    # And the relay lease is a key with an expiry, taken by a claim, gone once released
+    await store.claim_changes("relay-1", lease=30, limit=10)
+    assert await store.client.get(lease) == b"relay-1"
+    assert 25_000 < await store.client.pttl(lease) <= 30_000
+    await store.release_changes("relay-1")
+    assert await store.client.exists(lease) == 0
 
 
 async def test_ttl_is_the_key_expiry_and_minus_one_persists(store: RedisStore, key: Key) -> None:

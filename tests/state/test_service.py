@@ -6,24 +6,25 @@ loaded the store (an in-memory one), ``remote`` did not.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
 import pytest
 
+from bus.backoff import Backoff
 from bus.memory import MemoryBroker, MemoryHub
 from bus.message import Message, Outcome
 from bus.options import SubscriptionOptions
 from state.errors import BulkError, ETagInvalid, ETagMismatch, InvalidQuery, NotSupported
-from state.feed import CHANGE_EVENT_TYPE, ChangeFeed, FeedSettings
+from state.feed import CHANGE_EVENT_TYPE, ChangeFeed, FeedSettings, RelayTiming
 from state.keys import InvalidKey, KeyStrategy
 from state.memory import MemoryStore
 from state.service import StateClient, StateService, StoreConfig, state_topic
 from state.store import DeleteRequest, Feature, SetRequest
 from state.wire import (
     BulkGet,
-    ChangeFeedError,
     Delete,
     Get,
     Query,
@@ -33,6 +34,7 @@ from state.wire import (
 )
 
 STORE = "statestore"
+FAST = RelayTiming(poll=0.05, lease=1.0, backoff=Backoff(initial=0.02, maximum=0.1, jitter=0.01))
 
 
 class _NoTransactions(MemoryStore):
@@ -216,6 +218,7 @@ async def test_the_change_feed_publishes_every_committed_change(bus: Bus) -> Non
         await _until(lambda: len(events) >= 4)
         data = [e["data"] for e in events]
         assert all(e["type"] == CHANGE_EVENT_TYPE for e in events)
+        assert len({e["id"] for e in events}) == 4
         assert [(d["operation"], d["key"], d["appId"]) for d in data] == [  # type: ignore[index]
             ("upsert", "a", "orders"),
             ("upsert", "b", "orders"),
@@ -240,28 +243,71 @@ def test_feed_settings_read_both_vocabularies() -> None:
         FeedSettings.from_metadata(STORE, {"changeFeedPubsub": "p"})
 
 
-async def _until(check: object, timeout: float = 5.0) -> None:
-    import asyncio
-
-    assert callable(check)
+async def _until(check: Callable[[], bool], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():
             await asyncio.sleep(0.01)
 
 
-class _DownPubsub:
-    async def publish(self, topic: str, batch: object) -> None:
-        raise ConnectionError("pubsub down")
+class _Pubsub:
+    """A feed's pubsub that keeps the keys of the events it took, and can be taken down."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.down = False
+
+    async def publish(self, topic: str, batch: Sequence[Message]) -> None:
+        if self.down:
+            raise ConnectionError("pubsub down")
+        self.keys += [orjson.loads(m.data)["data"]["key"] for m in batch]
 
 
-async def test_a_failed_feed_publish_fails_the_call_after_the_commit(bus: Bus) -> None:
-    feed = ChangeFeed(STORE, FeedSettings("pubsub", "changes"), _DownPubsub(), source="orders")
+def _feed(pubsub: _Pubsub, ready: Callable[[], bool] = lambda: True) -> ChangeFeed:
+    settings = FeedSettings("pubsub", "changes")
+    return ChangeFeed(STORE, settings, pubsub, source="orders", timing=FAST, ready=ready)
+
+
+async def test_a_change_answered_has_its_event_published_already(bus: Bus) -> None:
+    pubsub = _Pubsub()
+    server = await _serve(bus, StoreConfig(keys=KeyStrategy(store=STORE)), _feed(pubsub))
+    try:
+        await server.call(STORE, save("a", 1))
+        assert pubsub.keys == ["a"]  # no wait: the answer came after the relay's pass
+        await StateClient("billing", bus.remote).call(STORE, Delete(DeleteRequest("b")))
+        assert pubsub.keys == ["a", "b"]
+    finally:
+        await server.close()
+
+
+async def test_a_failed_feed_publish_does_not_fail_the_committed_write(bus: Bus) -> None:
+    # Given a feed whose pubsub is down
+    pubsub = _Pubsub()
+    pubsub.down = True
+    server = await _serve(bus, StoreConfig(keys=KeyStrategy(store=STORE)), _feed(pubsub))
+    try:
+        # When a save and a transaction are made, each answers success: the records guarantee
+        # the events
+        await server.call(STORE, save("k", 1))
+        await server.call(STORE, Transact((SetRequest("t", b"2"),)))
+        assert await bus.store.get("orders||k") is not None and pubsub.keys == []
+        # Then the events go out, in order, once the pubsub is back
+        pubsub.down = False
+        await _until(lambda: len(pubsub.keys) >= 2)
+        assert pubsub.keys == ["k", "t"]
+    finally:
+        await server.close()
+
+
+async def test_the_feed_waits_for_its_pubsub_to_be_connected(bus: Bus) -> None:
+    pubsub, connected = _Pubsub(), False
+    feed = _feed(pubsub, ready=lambda: connected)
     server = await _serve(bus, StoreConfig(keys=KeyStrategy(store=STORE)), feed)
     try:
-        with pytest.raises(ChangeFeedError, match="committed"):
-            await server.call(STORE, save("k", 1))
-        # committed all the same: the caller's retry commits again and publishes
-        assert await bus.store.get("orders||k") is not None
+        await server.call(STORE, save("early", 1))  # answered without waiting for the feed
+        await asyncio.sleep(0.2)
+        assert pubsub.keys == []
+        connected = True
+        await _until(lambda: pubsub.keys == ["early"])
     finally:
         await server.close()
 

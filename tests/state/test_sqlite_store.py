@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from state.sqlite import SqliteSettings, SqliteStore
-from state.store import SetRequest
+from state.store import Journal, SetRequest
 
 # PRAGMA table_info of Dapr's table: (name, type, notnull, default, pk)
 DAPR_STATE_COLUMNS = [
@@ -46,6 +46,17 @@ async def test_tables_match_dapr(store: SqliteStore, tmp_path: Path) -> None:
             "1",
         )
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_the_outbox_tables_sit_beside_dapr_s(store: SqliteStore, tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    columns = [c[0] for c in _columns(path, "state_outbox")]
+    assert columns == "seq store event_id operation key app_id etag value time".split()
+    assert [c[0] for c in _columns(path, "state_outbox_lease")] == ["store", "relay", "expires"]
+    etag = await store.set(SetRequest("a||k", b'"v"', journal=Journal("a", "k")))
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT store, operation, key, app_id, etag, value FROM state_outbox")
+        assert rows.fetchall() == [("statestore", "upsert", "k", "a", etag, b'"v"')]
 
 
 async def test_rows_dapr_wrote_read_through(store: SqliteStore, tmp_path: Path) -> None:
