@@ -42,7 +42,7 @@ from benchmarks.loadgen import LoadResult
 from benchmarks.payload import PayloadFactory
 from benchmarks.report import Report
 from benchmarks.services import Target
-from state.redis import _SET as REDIS_SAVE_SCRIPT  # the very script the store runs
+from state._redis_scripts import SET as REDIS_SAVE  # the very script the store runs
 
 STORES = {"sqlite": "state.sqlite", "redis": "state.redis"}
 RAW = {"sqlite": "sqlite3", "redis": "redis-py"}
@@ -254,7 +254,7 @@ async def _raw_redis(url: str, value: str, run_id: str) -> AsyncIterator[dict[st
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(url)
-    script = client.register_script(REDIS_SAVE_SCRIPT)
+    script = client.register_script(REDIS_SAVE.source)
     prefix = f"bench-raw-{run_id}||"
 
     async def save(key: str) -> None:

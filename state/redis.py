@@ -77,7 +77,6 @@ from state.store import (
 _MISMATCH = "ETAG_MISMATCH"
 _WATCH_RETRIES = 10
 _CLOSE_GRACE = 5.0
-_SET = scripts.SET.source  # the save script's text: benchmarks/state_bench.py runs it raw
 
 
 @dataclass(frozen=True, slots=True)
