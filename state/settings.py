@@ -13,8 +13,6 @@ from pathlib import Path
 from bus.errors import ConfigError, InvalidArgument
 from bus.options import parse_bool, parse_duration
 from state.memory import MemorySettings, MemoryStore
-from state.postgresql import PostgresSettings, PostgresStore
-from state.redis import RedisStore, RedisStoreSettings
 from state.sqlite import SqliteSettings, SqliteStore
 from state.store import StateStore
 
@@ -138,6 +136,9 @@ def _positive(value: float, default: float) -> float:
 
 
 def _redis(name: str, md: _Metadata, home: Path) -> StateStore:
+    # Imported here: a sidecar without a Redis store keeps no Redis client in memory.
+    from state.redis import RedisStore, RedisStoreSettings
+
     host, port = _host_port(md, "redisHost", 6379)
     redis_type = md.string("redisType", default="node").lower()
     if redis_type != "node" or md.boolean("failover", default=False):
@@ -170,6 +171,9 @@ def _redis(name: str, md: _Metadata, home: Path) -> StateStore:
 
 
 def _postgresql(name: str, md: _Metadata, home: Path) -> StateStore:
+    # Imported here: a sidecar without a PostgreSQL store keeps no asyncpg in memory.
+    from state.postgresql import PostgresSettings, PostgresStore
+
     found = md.raw("connectionString")
     if found is None:
         raise md.fail("connectionString", "a PostgreSQL connection string (it is required)")
