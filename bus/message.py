@@ -6,7 +6,7 @@ import enum
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -59,13 +59,17 @@ def new_id() -> str:
 STORED_MS = "omnibus-stored-ms"
 
 
-def stored_age(message: Message, clock_offset_ms: float = 0.0) -> float | None:
-    """Seconds since the broker stored ``message`` (its clock = ours + ``clock_offset_ms``)."""
+def stored_age(
+    message: Message, clock_offset_ms: float = 0.0, clock: Callable[[], float] = time.time
+) -> float | None:
+    """Seconds since the broker stored ``message`` (its clock = ``clock()`` + ``clock_offset_ms``,
+    ``clock`` in seconds: the wall clock by default, the monotonic one for an offset measured
+    against it)."""
     stored = message.metadata.get(STORED_MS)
     if stored is None:
         return None
     try:
-        since = time.time() * 1000 + clock_offset_ms - int(stored)
+        since = clock() * 1000 + clock_offset_ms - int(stored)
     except ValueError:
         return None
     return max(0.0, since / 1000)

@@ -150,8 +150,7 @@ class RedisStore(StoreLifecycle):
             await client.aclose(close_connection_pool=True)
             raise _translate(self.name, exc) from exc
         self._client = client
-        address = RedisAddress(s.host, s.port, s.username, s.password, s.db, s.tls, s.dial_timeout)
-        self._link = RedisLink(address, timeout=s.read_timeout, retries=s.max_retries)
+        self._link = RedisLink(RedisAddress.of(s), timeout=s.read_timeout, retries=s.max_retries)
 
     async def close(self) -> None:
         """Let running operations finish (a few seconds at most), then close the connections."""

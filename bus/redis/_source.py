@@ -14,18 +14,17 @@ from typing import Any, Protocol, TypeVar
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from bus.errors import BrokerError, BrokerUnavailable
+from bus.errors import BrokerError
 from bus.message import Message
 from bus.options import SubscriptionOptions
 from bus.redis._scripts import Scripts
-from bus.redis._wire import NETWORK_ERRORS, decode, encode, pairs, reconnecting
-from bus.redis.link import RedisLink
+from bus.redis._wire import LINK_ERRORS, decode, encode, pairs, reconnecting
+from bus.redis.link import RedisAddress, RedisLink
 from bus.redis.settings import RedisSettings
 
 log = logging.getLogger("omnibus.bus.redis")
 
 T = TypeVar("T")
-_SETTLE_ERRORS = (*NETWORK_ERRORS, BrokerUnavailable)
 
 
 @dataclass(slots=True)
@@ -75,7 +74,7 @@ class RedisSource:
         self._next_due = 0.0
         self._local_due = math.inf
         self._next_trim = 0.0
-        self._reading = reconnecting(f"reading {topic}", on=_SETTLE_ERRORS)
+        self._reading = reconnecting(f"reading {topic}")
         self._reader: RedisLink | None = None  # the blocking reads' own connection
 
     async def create_group(self) -> None:
@@ -90,7 +89,7 @@ class RedisSource:
         """Due retries and reclaimed entries first, then new entries (blocking briefly)."""
         try:  # the common case without tenacity's bookkeeping: it runs once per read
             return await self._fetch_bounded(limit)
-        except _SETTLE_ERRORS:  # the connection is down: back off and retry until it is back
+        except LINK_ERRORS:  # the connection is down: back off and retry until it is back
             return await self._reading(self._fetch_bounded, limit)
 
     async def _fetch_bounded(self, limit: int) -> list[RedisDelivery]:
@@ -149,7 +148,7 @@ class RedisSource:
         """
         if self._reader is None:
             self._reader = RedisLink(
-                self._broker.settings.address_of_server,
+                RedisAddress.of(self._broker.settings),
                 timeout=self._block + self._io_timeout,
                 retries=0,  # fetch backs off and retries itself
             )
@@ -268,8 +267,6 @@ class RedisSource:
 
         try:
             return await attempt()
-        except _SETTLE_ERRORS:  # the connection is down: back off and retry for a while
-            retrying = reconnecting(
-                f"{what} on {self._topic}", give_up_after=self._interval, on=_SETTLE_ERRORS
-            )
+        except LINK_ERRORS:  # the connection is down: back off and retry for a while
+            retrying = reconnecting(f"{what} on {self._topic}", give_up_after=self._interval)
             return await retrying(attempt)

@@ -14,9 +14,9 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, SSLConnection
 
-from bus.backoff import Backoff
 from bus.errors import BrokerError, BrokerUnavailable
 from bus.message import STORED_MS, Message
+from bus.redis.link import RECONNECT
 from bus.rpc import MODE_KEY, RequestMode
 
 log = logging.getLogger("omnibus.bus.redis")
@@ -111,16 +111,15 @@ def translate(exc: Exception, doing: str) -> BrokerError:
     return BrokerError(f"Redis failed while {doing}: {exc}")
 
 
-RECONNECT = Backoff(initial=0.05, maximum=2.0, jitter=0.1)
+# What a lost connection raises: redis-py's errors, and the lean link's BrokerUnavailable.
+LINK_ERRORS = (*NETWORK_ERRORS, BrokerUnavailable)
 
 
-def reconnecting(
-    what: str,
-    give_up_after: float | None = None,
-    on: tuple[type[BaseException], ...] = NETWORK_ERRORS,
-) -> tenacity.AsyncRetrying:
-    """Retry on network errors with exponential backoff (forever, or for ``give_up_after`` s)."""
-    return RECONNECT.retrying(f"Redis: {what}", on=on, give_up_after=give_up_after, logger=log)
+def reconnecting(what: str, give_up_after: float | None = None) -> tenacity.AsyncRetrying:
+    """Retry on a lost connection with exponential backoff (forever, or ``give_up_after`` s)."""
+    return RECONNECT.retrying(
+        f"Redis: {what}", on=LINK_ERRORS, give_up_after=give_up_after, logger=log
+    )
 
 
 def encode_reply(reply: Message) -> bytes:

@@ -21,7 +21,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from bus.broker import BaseBroker
 from bus.delivery import Source
 from bus.errors import BrokerClosed, BrokerError, ConfigError, PublishError
-from bus.message import STORED_MS, Message
+from bus.message import Message, stored_age
 from bus.options import SubscriptionOptions
 from bus.presence import HEARTBEAT_TTL, Presence
 from bus.presence_keys import instance_of, storage_instance
@@ -38,7 +38,7 @@ from bus.redis._wire import (
     pairs,
     translate,
 )
-from bus.redis.link import Command, RedisLink, RedisListener
+from bus.redis.link import Command, RedisAddress, RedisLink, RedisListener
 from bus.redis.settings import RedisSettings
 
 log = logging.getLogger("omnibus.bus.redis")
@@ -106,7 +106,7 @@ class RedisBroker(BaseBroker):
             await client.aclose()
             raise translate(exc, f"connecting to {s.address}") from exc
         self._client = client
-        self._link = RedisLink(s.address_of_server, timeout=s.read_timeout + s.write_timeout)
+        self._link = RedisLink(RedisAddress.of(s), timeout=s.read_timeout + s.write_timeout)
         self._scripts = Scripts(client)
         await self._sync_clock()
         if s.wait_aof:
@@ -134,14 +134,7 @@ class RedisBroker(BaseBroker):
 
     def _call_age(self, request: Message) -> float | None:
         """How long the call waited since Redis stored it, on Redis' clock (seconds)."""
-        stored = request.metadata.get(STORED_MS)
-        if stored is None:
-            return None
-        try:
-            since = time.monotonic() * 1000 + self._clock_offset_ms - int(stored)
-        except ValueError:
-            return None
-        return max(0.0, since / 1000)
+        return stored_age(request, self._clock_offset_ms, clock=time.monotonic)
 
     async def _disconnect(self) -> None:
         if self._listener is not None:
@@ -158,15 +151,11 @@ class RedisBroker(BaseBroker):
         Concurrent callers share the connection, each gets its own replies; an error reply fails
         the caller's whole group with :class:`PublishError`.
         """
-        if self._link is None:
-            raise BrokerClosed("the Redis broker is not connected")
-        replies = await self._link.run(commands)
+        replies = await self._live_link().run(commands)
         for reply in replies:
             if isinstance(reply, rexc.ResponseError):
                 raise PublishError(f"Redis refused a write: {reply}")
         return replies
-
-    _send = send
 
     def _xadd(self, topic: str, message: Message) -> Command:
         cap = self.settings.max_len_approx
@@ -179,10 +168,10 @@ class RedisBroker(BaseBroker):
         commands = [self._xadd(topic, message) for message in batch]
         wait = self._durability_wait()
         if wait is None:
-            await self._send(commands)
+            await self.send(commands)
             return
         # On the connection of the XADDs (one pipeline): it waits for every write before it.
-        replies = await self._send([*commands, wait])
+        replies = await self.send([*commands, wait])
         self._check_durability(replies[-1])
 
     def _durability_wait(self) -> tuple[Any, ...] | None:
@@ -244,7 +233,7 @@ class RedisBroker(BaseBroker):
         # inbox was away is gone, so whoever waits gets ReplyLost rather than a time-out (the
         # listener reports the loss and, again, the return).
         listener = RedisListener(
-            s.address_of_server,
+            RedisAddress.of(s),
             channel,
             received,
             self._inbox_lost,
@@ -269,14 +258,14 @@ class RedisBroker(BaseBroker):
             if inbox is not None and correlation_id is not None:
                 inbox.fail(correlation_id, error)
 
-        await self._posted().post([self._xadd(topic, request)], refused)
+        await self._live_link().post([self._xadd(topic, request)], refused)
 
     async def _send_reply(self, address: str, reply: Message) -> None:
         # Posted: nobody waits for PUBLISH's answer; a reply lost with the connection shows at
         # the caller (ReplyLost or its time-out).
-        await self._posted().post([("PUBLISH", address, encode_reply(reply))], _reply_failed)
+        await self._live_link().post([("PUBLISH", address, encode_reply(reply))], _reply_failed)
 
-    def _posted(self) -> RedisLink:
+    def _live_link(self) -> RedisLink:
         if self._link is None:
             raise BrokerClosed("the Redis broker is not connected")
         return self._link
@@ -305,18 +294,18 @@ class RedisBroker(BaseBroker):
                 ("EXPIRE", infos, keep),
             ]
         commands.append(("ZREMRANGEBYSCORE", "omnibus:presence:names", "-inf", now - keep))
-        await self._send(commands)
+        await self.send(commands)
         await self._sync_clock()  # clocks drift: re-estimate with every heartbeat
 
     async def _remove_presence(self, entry: Presence) -> None:
         beats, infos = _presence_keys(entry.name)
         key = storage_instance(entry)
-        await self._send([("ZREM", beats, key), ("HDEL", infos, key)])
+        await self.send([("ZREM", beats, key), ("HDEL", infos, key)])
 
     async def _list_presence(self, name: str | None) -> list[Presence]:
         since = time.time() - HEARTBEAT_TTL
         if name is None:
-            [raw] = await self._send([("ZRANGEBYSCORE", "omnibus:presence:names", since, "+inf")])
+            [raw] = await self.send([("ZRANGEBYSCORE", "omnibus:presence:names", since, "+inf")])
             names = [n.decode() for n in raw]
         else:
             names = [name]
@@ -324,7 +313,7 @@ class RedisBroker(BaseBroker):
         for each in names:
             beats, infos = _presence_keys(each)
             commands += [("ZRANGEBYSCORE", beats, since, "+inf", "WITHSCORES"), ("HGETALL", infos)]
-        replies = await self._send(commands) if commands else []
+        replies = await self.send(commands) if commands else []
         found: list[Presence] = []
         for each, live, details in zip(names, replies[::2], replies[1::2], strict=True):
             found += _presences(each, live, pairs(details))

@@ -28,7 +28,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 from redis.exceptions import ResponseError
@@ -39,7 +39,26 @@ from bus.errors import BrokerClosed, BrokerError, BrokerUnavailable
 log = logging.getLogger("omnibus.bus.redis")
 
 Command = tuple[Any, ...]
-_RECONNECT = Backoff(initial=0.05, maximum=2.0, jitter=0.1)
+RECONNECT = Backoff(initial=0.05, maximum=2.0, jitter=0.1)  # every Redis reconnect's curve
+
+
+class Reachable(Protocol):
+    """Settings that say where a Redis server is (both Redis components' settings do)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def db(self) -> int: ...
+    @property
+    def tls(self) -> bool: ...
+    @property
+    def dial_timeout(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +72,19 @@ class RedisAddress:
     db: int = 0
     tls: bool = False
     dial_timeout: float = 5.0
+
+    @classmethod
+    def of(cls, settings: Reachable) -> RedisAddress:
+        """The address part of a component's settings (the bus's or a state store's)."""
+        return cls(
+            host=settings.host,
+            port=settings.port,
+            username=settings.username,
+            password=settings.password,
+            db=settings.db,
+            tls=settings.tls,
+            dial_timeout=settings.dial_timeout,
+        )
 
     @property
     def label(self) -> str:
@@ -75,15 +107,9 @@ class RedisAddress:
 
 
 def pack(commands: Sequence[Command]) -> bytes:
-    """RESP for ``commands``: str, bytes, int and float arguments (hiredis packs them)."""
-    return b"".join(hiredis.pack_command(_arguments(c)) for c in commands)
-
-
-def _arguments(command: Command) -> Command:
-    head = command[0]
-    if isinstance(head, str) and " " in head:  # "CLIENT KILL" style heads
-        return (*head.split(), *command[1:])
-    return command
+    """RESP for ``commands``, each a tuple of words (``("CLIENT", "ID")``, never one
+    ``"CLIENT ID"``): str, bytes, int and float arguments, packed by hiredis."""
+    return b"".join(hiredis.pack_command(c) for c in commands)
 
 
 class _TimedOut(BrokerUnavailable):
@@ -208,24 +234,20 @@ class _LinkProtocol(asyncio.Protocol):
                 pending.settle()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
         reason = f": {exc}" if exc else ""
-        self._fail_waiting(BrokerUnavailable(f"the connection to Redis was lost{reason}"))
+        self._lose(BrokerUnavailable(f"the connection to Redis was lost{reason}"))
 
     def fail(self, error: BrokerError) -> None:
         """Close the connection and fail everyone waiting on it with ``error``."""
+        self._lose(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _lose(self, error: BrokerError) -> None:
         self.lost = True
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        self._fail_waiting(error)
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _fail_waiting(self, error: BrokerError) -> None:
         while self.waiting:
             self.waiting.popleft().fail(error)
 
@@ -276,7 +298,7 @@ class RedisLink:
             except BrokerUnavailable:
                 if self._closed or attempt == self._retries:
                     raise
-                await asyncio.sleep(_RECONNECT.delay(attempt + 1))
+                await asyncio.sleep(RECONNECT.delay(attempt + 1))
         raise AssertionError("unreachable")  # the loop returns or raises
 
     async def post(self, commands: Sequence[Command], on_error: ErrorCallback) -> None:
@@ -304,7 +326,7 @@ class RedisLink:
                 self.address, lambda: _LinkProtocol(self.address.label, self._timeout)
             )
             assert isinstance(opened, _LinkProtocol)
-            await _handshake(opened, self.address, self._timeout)
+            await _handshake(opened, self.address)
             if self._closed:
                 opened.fail(BrokerClosed("the Redis connection is closed"))
                 raise BrokerClosed("the Redis connection is closed")
@@ -319,7 +341,7 @@ class RedisLink:
             self._protocol = None
 
 
-async def _handshake(protocol: _LinkProtocol, address: RedisAddress, timeout: float) -> None:
+async def _handshake(protocol: _LinkProtocol, address: RedisAddress) -> None:
     commands = address.handshake()
     if not commands:
         return
@@ -437,9 +459,8 @@ class RedisListener:
                 await opened.confirmed
         except BaseException:
             opened.transport.abort()
-            if isinstance(opened.confirmed, asyncio.Future) and opened.confirmed.done():
-                with contextlib.suppress(BaseException):
-                    opened.confirmed.exception()
+            if opened.confirmed.done() and not opened.confirmed.cancelled():
+                opened.confirmed.exception()  # retrieved: the error raised here says it all
             raise
         self._protocol = opened
 
@@ -452,7 +473,7 @@ class RedisListener:
             self._on_lost(f"Redis Pub/Sub connection lost: {reason}")
             while True:
                 attempt += 1
-                await asyncio.sleep(_RECONNECT.delay(attempt))
+                await asyncio.sleep(RECONNECT.delay(attempt))
                 try:
                     await self._subscribe()
                 except Exception as exc:  # keep trying whatever failed: the inbox must return
@@ -461,7 +482,7 @@ class RedisListener:
                 break
             attempt = 0
             # First fail whoever sent while the connection was away, then let new sends in.
-            self._on_lost("the Redis Pub/Sub connection of the reply inbox was re-established")
+            self._on_lost("the Redis Pub/Sub connection was re-established")
             self._ready.set()
 
     async def close(self) -> None:

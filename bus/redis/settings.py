@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bus.errors import ConfigError
-from bus.redis.link import RedisAddress
 
 DEFAULT_PORT = 6379
 
@@ -73,16 +72,3 @@ class RedisSettings:
     def address(self) -> str:
         """``host:port`` for messages."""
         return f"{self.host}:{self.port}"
-
-    @property
-    def address_of_server(self) -> RedisAddress:
-        """How the lean connections of :mod:`bus.redis.link` reach and log in to Redis."""
-        return RedisAddress(
-            host=self.host,
-            port=self.port,
-            username=self.username,
-            password=self.password,
-            db=self.db,
-            tls=self.tls,
-            dial_timeout=self.dial_timeout,
-        )
