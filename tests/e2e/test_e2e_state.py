@@ -12,12 +12,14 @@ import sqlite3
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
-from tests.e2e.conftest import Cluster, PubSubKind, Sidecar, component, wait_until
+from tests.e2e.conftest import App, Cluster, PubSubKind, Sidecar, component, wait_until
 
 
 def _statestore(cluster: Cluster, tmp_path: Path, scopes: tuple[str, ...] = ()) -> Path:
@@ -128,20 +130,49 @@ def test_the_state_cli_goes_through_a_running_sidecar(
     assert "ERR_STATE_STORE_NOT_FOUND" in capsys.readouterr().err
 
 
+@dataclass(slots=True)
+class _FeedCluster:
+    """A writer sidecar serving a SQLite store whose change feed goes to a watcher app."""
+
+    cluster: Cluster
+    resources: Path
+    writer_id: str
+    writer: Sidecar
+    watcher: App
+
+    @classmethod
+    def start(cls, cluster: Cluster, tmp_path: Path) -> _FeedCluster:
+        topic = cluster.topic("changes")
+        bus = component("pubsub", "pubsub.sqlite", {"connectionString": str(tmp_path / "bus.db")})
+        feed = {"changeFeedPubsub": "pubsub", "changeFeedTopic": topic}
+        store = component(
+            "statestore", "state.sqlite", {"connectionString": str(tmp_path / "s.db"), **feed}
+        )
+        watcher = cluster.app([{"pubsubname": "pubsub", "topic": topic, "route": "/changes"}])
+        cluster.sidecar(cluster.app_id("watcher"), cluster.resources(bus), app=watcher)
+        resources = cluster.resources(bus, store)
+        writer_id = cluster.app_id("writer")
+        return cls(cluster, resources, writer_id, cluster.sidecar(writer_id, resources), watcher)
+
+    def restart_writer(self) -> Sidecar:
+        """The writer started again on its port (after a kill)."""
+        return self.cluster.sidecar(self.writer_id, self.resources, port=self.writer.port)
+
+
+def _upserts(app: App) -> list[dict[str, Any]]:
+    """The ``data`` of every upsert event the watcher received."""
+    return [
+        body["data"]
+        for body in app.bodies("/changes")
+        if body["type"] == "com.omnibus.state.changed" and body["data"]["operation"] == "upsert"
+    ]
+
+
 def test_the_change_feed_reports_every_change_across_a_sigkill_of_the_writer(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    topic = cluster.topic("changes")
-    bus = component("pubsub", "pubsub.sqlite", {"connectionString": str(tmp_path / "bus.db")})
-    feed = {"changeFeedPubsub": "pubsub", "changeFeedTopic": topic}
-    store = component(
-        "statestore", "state.sqlite", {"connectionString": str(tmp_path / "s.db"), **feed}
-    )
-    app = cluster.app([{"pubsubname": "pubsub", "topic": topic, "route": "/changes"}])
-    cluster.sidecar(cluster.app_id("watcher"), cluster.resources(bus), app=app)
-    resources = cluster.resources(bus, store)
-    writer_id = cluster.app_id("writer")
-    writer = cluster.sidecar(writer_id, resources)
+    feed = _FeedCluster.start(cluster, tmp_path)
+    app, writer = feed.watcher, feed.writer
 
     # Given a client saving keys one after another, retrying each until it is acknowledged,
     acked: list[str] = []
@@ -170,16 +201,12 @@ def test_the_change_feed_reports_every_change_across_a_sigkill_of_the_writer(
     wait_until(lambda: len(acked) >= 10, timeout=30, what="ten acknowledged saves")
     writer.kill()
     assert not done.is_set(), "the kill came after the stream had ended"
-    cluster.sidecar(writer_id, resources, port=writer.port)
+    feed.restart_writer()
     assert done.wait(60), "the client could not finish its saves"
 
     # Then every acknowledged change has reached the watcher at least once, as an upsert.
     def missing() -> set[str]:
-        seen = {
-            body["data"]["key"]
-            for body in app.bodies("/changes")
-            if body["type"] == "com.omnibus.state.changed" and body["data"]["operation"] == "upsert"
-        }
+        seen = {data["key"] for data in _upserts(app)}
         return set(acked) - seen
 
     wait_until(lambda: not missing(), timeout=60, what="an event for every acknowledged save")
@@ -189,17 +216,8 @@ def test_the_change_feed_reports_every_change_across_a_sigkill_of_the_writer(
 def test_every_committed_save_has_its_event_though_the_writer_died_and_nobody_retried(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    topic = cluster.topic("changes")
-    bus = component("pubsub", "pubsub.sqlite", {"connectionString": str(tmp_path / "bus.db")})
-    feed = {"changeFeedPubsub": "pubsub", "changeFeedTopic": topic}
-    store = component(
-        "statestore", "state.sqlite", {"connectionString": str(tmp_path / "s.db"), **feed}
-    )
-    app = cluster.app([{"pubsubname": "pubsub", "topic": topic, "route": "/changes"}])
-    cluster.sidecar(cluster.app_id("watcher"), cluster.resources(bus), app=app)
-    resources = cluster.resources(bus, store)
-    writer_id = cluster.app_id("writer")
-    writer = cluster.sidecar(writer_id, resources)
+    feed = _FeedCluster.start(cluster, tmp_path)
+    app, writer = feed.watcher, feed.writer
 
     # Given clients saving new keys side by side, each giving up at its first failure (no retry),
     sent: list[str] = []
@@ -245,7 +263,7 @@ def test_every_committed_save_has_its_event_though_the_writer_died_and_nobody_re
     for client in clients:
         client.join(15)
     assert not refused, refused
-    restarted = cluster.sidecar(writer_id, resources, port=writer.port)
+    restarted = feed.restart_writer()
 
     # Then every save the store holds (acknowledged or not) has an upsert event with its etag.
     found = restarted.post("/v1.0/state/statestore/bulk", json={"keys": sent}).json()
@@ -253,11 +271,7 @@ def test_every_committed_save_has_its_event_though_the_writer_died_and_nobody_re
     assert set(acked) <= set(committed)
 
     def missing() -> set[str]:
-        seen = {
-            (body["data"]["key"], body["data"]["etag"])
-            for body in app.bodies("/changes")
-            if body["type"] == "com.omnibus.state.changed" and body["data"]["operation"] == "upsert"
-        }
+        seen = {(data["key"], data["etag"]) for data in _upserts(app)}
         return {key for key, etag in committed.items() if (key, etag) not in seen}
 
     wait_until(lambda: not missing(), timeout=60, what="an event for every committed save")
