@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -208,7 +207,6 @@ class Sidecar:
         if self.config.app_port is None:
             if self.resources.subscriptions:
                 log.warning("no --app-port: declarative subscriptions are not opened")
-            _settle_heap()
             return
         self.channel = AppChannel(
             self.config.app_channel_address,
@@ -230,7 +228,6 @@ class Sidecar:
         await self._open_intake(self.channel, specs)
         self.state.app_ready = True
         log.info("app channel ready on port %d", self.config.app_port)
-        _settle_heap()
 
     async def _open_intake(self, channel: AppChannel, specs: Sequence[SubscriptionSpec]) -> None:
         """Open the subscriptions; with app health checks, held until the app is healthy."""
@@ -330,22 +327,6 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("uvicorn.error").setLevel(max(root.level, logging.WARNING))
 
 
-# Collect young objects every 10,000 allocations instead of 700: the messages and requests of
-# the hot path free themselves by reference counting, and each collection of a large young
-# generation is a pause every request in flight waits for.
-_GC_THRESHOLDS = (10_000, 20, 20)
-
-
-def _settle_heap() -> None:
-    """Move what start-up built (modules, components, routes) out of the collector's sight.
-
-    Those objects live as long as the process; without this every full collection walks them
-    again, a pause of milliseconds that lands on whichever calls are in flight.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 async def _serve(sidecar: Sidecar) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -367,7 +348,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     import uvloop
 
-    gc.set_threshold(*_GC_THRESHOLDS)
     sidecar_runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     with sidecar_runner as runner:
         return runner.run(_serve(Sidecar(config, env, resources, components, instance)))
