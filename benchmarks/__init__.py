@@ -9,7 +9,7 @@ Layout:
 - ``services``: the brokers (a private redis-server, unique names on RabbitMQ, a temp SQLite file).
 - ``backends``: our brokers, built through the components registry as a sidecar builds them.
 - ``payload``: the JSON payload carrying its send time, single and bulk bodies.
-- ``loadgen``: the HTTP load generator (several processes, aiohttp keep-alive connections).
+- ``loadgen``: the HTTP load generator (processes, keep-alive connections, a lean client).
 - ``apps``: the bare Starlette ceiling and the counting subscriber app, run as child processes.
 - ``processes``: child processes (apps, ``python -m runtime.sidecar``) and their readiness.
 - ``busonly``: scenario 4, our broker's consume + ack in one process.
