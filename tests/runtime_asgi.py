@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import uvicorn
@@ -86,7 +86,7 @@ async def call(
         "http_version": "1.1",
         "method": method,
         "scheme": "http",
-        "path": parts.path,
+        "path": unquote(parts.path),  # decoded, as uvicorn gives it
         "raw_path": parts.path.encode(),
         "query_string": parts.query.encode(),
         "root_path": "",

@@ -6,6 +6,7 @@ the same (in-memory) bus, so both the in-process and the bus path answer through
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -406,3 +407,54 @@ def test_build_states_names_the_file_of_a_bad_component(
     with pytest.raises(ConfigError, match=problem) as caught:
         build_states(_resources(spec), app_id=APP_ID, bus=None, pubsubs=[pubsub], home=tmp_path)
     assert str(caught.value).startswith("bad.yaml: ")
+
+
+# The single-key calls are served in front of Starlette's router (StateEndpoint); every request
+# must get the answer the router would have given it.
+_ROUTED_ALIKE = [
+    ("POST", "/v1.0/state/statestore", b'[{"key": "a", "value": 1}]'),
+    ("PUT", "/v1.0/state/statestore", b'[{"key": "b", "value": "x"}]'),
+    ("GET", "/v1.0/state/statestore/a", b""),
+    ("GET", "/v1.0/state/statestore/a%2Fb", b""),
+    ("GET", "/v1.0/state/statestore%2Fa/b", b""),
+    ("GET", "/v1.0/state/statestore%2Fa", b""),
+    ("DELETE", "/v1.0/state/statestore%2Fa", b""),
+    ("GET", "/v1.0/state/statestore/", b""),
+    ("GET", "/v1.0/state/statestore/bulk", b""),
+    ("GET", "/v1.0/state/nope/a", b""),
+    ("GET", "/v1.0/state//a", b""),
+    ("GET", "/v1.0/state/statestore/a||b", b""),
+    ("DELETE", "/v1.0/state/statestore/b", b""),
+    ("DELETE", "/v1.0/state/statestore/a?concurrency=sometimes", b""),
+    ("POST", "/v1.0/state/statestore", b"{not json"),
+    ("POST", "/v1.0/state/statestore/bulk", b'{"keys": ["a"]}'),
+    ("PUT", "/v1.0/state/statestore/a", b""),
+    ("PATCH", "/v1.0/state/statestore", b"[]"),
+    ("HEAD", "/v1.0/state/statestore/a", b""),
+    ("POST", "/v1.0/state/broken", b'[{"key": "a", "value": 1}]'),
+]
+
+
+async def test_the_fast_path_answers_as_the_router(sidecar: Sidecar) -> None:
+    from starlette.applications import Starlette
+
+    from runtime.api import invoke as invoke_api
+    from runtime.api import state as state_api
+
+    routes = [*state_api.routes(sidecar.state), invoke_api.InvokeRoute(sidecar.state)]
+    router = Starlette(routes=routes)
+    fast = state_api.StateEndpoint(router, sidecar.state)
+    seed = b'[{"key": "a", "value": {"seeded": true}}]'
+
+    async def answer(app: ASGIApp, method: str, url: str, body: bytes) -> Reply:
+        await call(router, "DELETE", "/v1.0/state/statestore/b")
+        assert (await call(router, "POST", "/v1.0/state/statestore", body=seed)).status == 204
+        return await call(app, method, url, body=body)
+
+    for method, url, body in _ROUTED_ALIKE:
+        by_router = await answer(router, method, url, body)
+        through_fast = await answer(fast, method, url, body)
+        assert through_fast.status == by_router.status, (method, url, through_fast.body)
+        etagless = [re.sub(rb'"etag":"[^"]*"', b"", r.body) for r in (through_fast, by_router)]
+        assert etagless[0] == etagless[1], (method, url)
+    assert (await call(fast, "GET", "/v1.0/state/statestore/a")).json() == {"seeded": True}

@@ -1,8 +1,8 @@
 """The sidecar's HTTP API (Dapr v1.0 paths, bodies and status codes) as a Starlette app.
 
 Routes: each building block's module gives its own (:mod:`~runtime.api.publish`,
-:mod:`~runtime.api.meta`, :mod:`~runtime.api.state`, :mod:`~runtime.api.invoke`, ...); single
-publishes, the hot path, are served in front of the router by :mod:`runtime.api.publish`.
+:mod:`~runtime.api.meta`, :mod:`~runtime.api.state`, :mod:`~runtime.api.invoke`, ...); the hot
+paths (single publishes, invocations, single-key state calls) are served in front of the router.
 Every route answers errors through :func:`runtime.api.dapr_errors.api_error`, so an exception
 never escapes as a bare 500; the token and the body limit are checked before any route by
 :class:`runtime.api.guard.ApiGuard`.
@@ -76,9 +76,10 @@ def build_app(
 ) -> ApiGuard:
     """The ASGI app of one sidecar: the routes behind the token and body-limit guard.
 
-    Single publishes are served by :class:`~runtime.api.publish.PublishEndpoint` and
-    ``/v1.0/invoke/...`` by :class:`~runtime.api.invoke.InvokeEndpoint` before the router;
-    everything else by Starlette.
+    Single publishes are served by :class:`~runtime.api.publish.PublishEndpoint`,
+    ``/v1.0/invoke/...`` by :class:`~runtime.api.invoke.InvokeEndpoint` and the single-key state
+    calls by :class:`~runtime.api.state.StateEndpoint` before the router; everything else by
+    Starlette.
     """
     routes: list[BaseRoute] = [*publish_api.bulk_routes(state), *meta_api.routes(state)]
     routes += state_api.routes(state)
@@ -87,6 +88,6 @@ def build_app(
     invoke_route = invoke_api.InvokeRoute(state)
     routes.append(invoke_route)  # last: the dapr-app-id form takes any path
     app = Starlette(routes=routes, lifespan=lifespan)
-    fast = invoke_api.InvokeEndpoint(app, invoke_route)
+    fast = state_api.StateEndpoint(invoke_api.InvokeEndpoint(app, invoke_route), state)
     endpoint = publish_api.PublishEndpoint(fast, pubsubs=state.pubsubs, app_id=state.app_id)
     return ApiGuard(endpoint, api_token=api_token, max_body_size=max_body_size)
