@@ -70,6 +70,21 @@ def recorded(
     return sql, [*params, store, journal.event_id, journal.key, journal.app_id]
 
 
+def expired_statement(table: str, delete: str) -> str:
+    """``delete`` (of expired rows) inserting an ``expire`` record of store $1 for each row.
+
+    The app and key are the stored key's parts around ``||`` (as :func:`state.feed.expiry_journal`).
+    """
+    return (
+        f"WITH d (key, etag) AS ({delete} RETURNING key, etag::text) "
+        f"INSERT INTO {table}_outbox (store, event_id, operation, key, app_id, etag) "
+        "SELECT $1::text, gen_random_uuid()::text, 'expire', "
+        "CASE WHEN strpos(key, '||') > 0 THEN substr(key, strpos(key, '||') + 2) ELSE key END, "
+        "CASE WHEN strpos(key, '||') > 0 THEN substr(key, 1, strpos(key, '||') - 1) ELSE '' END, "
+        "etag FROM d"
+    )
+
+
 def claim_statement(table: str) -> str:
     """Take or renew the lease of store $1 for relay $2, $3 seconds; ``INSERT 0 1`` if held."""
     return (

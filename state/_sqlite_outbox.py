@@ -8,6 +8,10 @@ AUTOINCREMENT so that a number is never given twice and a late delete by number 
 the record it published.  Every function here runs inside the group commit's ``BEGIN IMMEDIATE``
 (:meth:`state._sqlite_db.Database.run_batch`), so the lease's read-then-write is atomic across
 every process sharing the file.
+
+:func:`purge_recorded` is the purge of a store with a change feed: Dapr's claim of
+"last-cleanup" (as :meth:`~state._sqlite_db.Database.purge`), then ``DELETE ... RETURNING`` of the
+rows expired at that moment and an ``expire`` record for each, in one ``BEGIN IMMEDIATE``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import time
 from collections.abc import Sequence
 from typing import Literal
 
-from state._sqlite_db import from_timestamp
+from state._sqlite_db import from_timestamp, timestamp
+from state.feed import expiry_journal
 from state.store import Journal, RecordedChange
 
 _CHUNK = 500  # numbers per IN (...), well below SQLite's variable limit
@@ -28,7 +33,7 @@ def record(
     table: str,
     store: str,
     journal: Journal,
-    operation: Literal["upsert", "delete"],
+    operation: Literal["upsert", "delete", "expire"],
     *,
     now: str,
     etag: str | None = None,
@@ -41,6 +46,34 @@ def record(
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (store, journal.event_id, operation, journal.key, journal.app_id, etag, value, now),
     )
+
+
+def purge_recorded(
+    conn: sqlite3.Connection, table: str, meta: str, store: str, interval_ms: int
+) -> bool:
+    """Delete the expired rows with an ``expire`` record each, unless a purge ran lately."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        claimed = conn.execute(
+            f"INSERT INTO {meta} (key, value) VALUES ('last-cleanup', CURRENT_TIMESTAMP) "
+            "ON CONFLICT (key) DO UPDATE SET value = CURRENT_TIMESTAMP "
+            "WHERE (unixepoch(CURRENT_TIMESTAMP) - unixepoch(value)) * 1000 > ?",
+            (interval_ms,),
+        ).rowcount
+        if claimed:
+            now = timestamp()
+            expired = conn.execute(
+                f"DELETE FROM {table} WHERE expiration_time IS NOT NULL "
+                "AND expiration_time < ? RETURNING key, etag",
+                (now,),
+            ).fetchall()
+            for key, etag in expired:
+                record(conn, table, store, expiry_journal(key), "expire", now=now, etag=etag)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return bool(claimed)
 
 
 def claim(

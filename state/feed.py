@@ -8,10 +8,17 @@ Turned on by the store component's metadata, either pair of names:
 The pubsub must be a component of the sidecar that serves the store.  Each change is one event
 on that topic, ``type`` :data:`CHANGE_EVENT_TYPE`, ``source`` the serving app, ``subject`` the key,
 ``time`` the time of the write, ``data`` = ``{"store", "key", "appId", "operation":
-"upsert"|"delete", "etag", "value"}`` (``value`` only on upserts: the JSON value, or
+"upsert"|"delete"|"expire", "etag", "value"}`` (``value`` only on upserts: the JSON value, or
 ``valueBase64`` for bytes that are not JSON; ``key`` is the app's key, ``appId`` the app that made
 the change).  The event ``id`` belongs to the change: a re-published change carries the same id,
-so a subscriber de-duplicates on it.  Expiry is not reported: a value that expires has no event.
+so a subscriber de-duplicates on it.
+
+Expiry, where the store itself removes the row: operation ``"expire"``, ``etag`` the etag the
+expired value had, no ``value``.  ``state.sqlite`` and ``state.postgresql`` record it in the
+transaction of their ``cleanupInterval`` purge (only rows past their expiry at that moment, so a
+key saved again without TTL before the purge has none); ``state.in-memory`` in its sweep.  The
+store knows only the stored key: ``appId`` and ``key`` are its parts around ``||`` (``appId`` is
+"" for a key without prefix).  ``state.redis`` reports no expiry: Redis drops the key itself.
 
 Guarantee: at least once, whatever the client does (a transactional outbox).  A change and its
 record commit together (:mod:`state.store`): in one SQL transaction on ``state.sqlite`` and
@@ -39,7 +46,9 @@ records are published in commit order by one relay, and replicas do not each pub
 record.  (Per-record claims such as SKIP LOCKED would let replicas publish side by side, but out
 of order.)  On PostgreSQL, concurrent transactions of different keys may commit in another order
 than they numbered their records; the changes of one key always follow their commit order.
-Defaults (:class:`RelayTiming`): a pass every second at least, a 10 s lease, a 5 s wait.
+Defaults (:class:`RelayTiming`): a pass every second at least, a 10 s lease, a 5 s wait; the
+metadata ``changeFeedPollInterval`` and ``changeFeedLease`` (durations, ``500ms``, ``30s`` or bare
+milliseconds, positive, the lease longer than the poll) set the first two.
 """
 
 from __future__ import annotations
@@ -56,14 +65,16 @@ from typing import Any, Protocol
 import orjson
 
 from bus.backoff import Backoff
-from bus.errors import ConfigError
+from bus.errors import ConfigError, InvalidArgument
 from bus.message import Message
-from state.store import RecordedChange, StateStore
+from bus.options import parse_duration
+from state.store import Journal, RecordedChange, StateStore
 
 log = logging.getLogger("omnibus.state.feed")
 
 CHANGE_EVENT_TYPE = "com.omnibus.state.changed"
 _NAMES = (("changeFeedPubsub", "changeFeedTopic"), ("outboxPublishPubsub", "outboxPublishTopic"))
+_POLL, _LEASE = "changeFeedPollInterval", "changeFeedLease"
 
 
 class Publisher(Protocol):
@@ -78,6 +89,8 @@ class FeedSettings:
 
     pubsub: str
     topic: str
+    poll: float = 1.0
+    lease: float = 10.0
 
     @classmethod
     def from_metadata(cls, store: str, metadata: Mapping[str, str]) -> FeedSettings | None:
@@ -87,7 +100,14 @@ class FeedSettings:
             pubsub = lowered.get(pubsub_name.lower(), "")
             topic = lowered.get(topic_name.lower(), "")
             if pubsub and topic:
-                return cls(pubsub, topic)
+                poll = _duration(store, lowered, _POLL, 1.0)
+                lease = _duration(store, lowered, _LEASE, 10.0)
+                if lease <= poll:
+                    raise ConfigError(
+                        f"component {store!r}: metadata {_LEASE!r}: expected a duration longer "
+                        f"than {_POLL!r} ({poll:g}s), got {lease:g}s"
+                    )
+                return cls(pubsub, topic, poll, lease)
             if pubsub or topic:
                 missing = topic_name if pubsub else pubsub_name
                 raise ConfigError(
@@ -95,6 +115,29 @@ class FeedSettings:
                     f"(set both {pubsub_name!r} and {topic_name!r}, or neither)"
                 )
         return None
+
+
+def _duration(store: str, lowered: Mapping[str, str], name: str, default: float) -> float:
+    """A positive duration of the feed's metadata, in seconds; ``default`` when not set."""
+    text = lowered.get(name.lower(), "")
+    if not text:
+        return default
+    try:
+        seconds = parse_duration(text, what=name)
+    except InvalidArgument:
+        seconds = 0.0
+    if seconds <= 0:
+        raise ConfigError(
+            f"component {store!r}: metadata {name!r}: expected a positive duration like '500ms', "
+            f"'30s' or milliseconds, got {text!r}"
+        )
+    return seconds
+
+
+def expiry_journal(stored_key: str) -> Journal:
+    """The journal of a stored key's expiry: its app and key are the parts around ``||``."""
+    app_id, separator, key = stored_key.partition("||")
+    return Journal(app_id, key) if separator else Journal("", stored_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +182,7 @@ class ChangeFeed:
         self.store = store
         self.settings = settings
         self.source = source
-        self.timing = timing or RelayTiming()
+        self.timing = timing or RelayTiming(poll=settings.poll, lease=settings.lease)
         self.ready = ready
         self._publisher = publisher
 

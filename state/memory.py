@@ -2,7 +2,9 @@
 
 Storage layout: ``{key: _Entry(value, version, expires, content_type, is_binary)}``.  Etags are the
 decimal text of a per-store counter, so an etag is never reused, even after delete and re-create.
-Expired entries are invisible at once and dropped when touched or by a sweep every 1,000 writes.
+Expired entries are invisible at once and dropped by a sweep every 1,000 writes and every
+``cleanup_interval`` seconds (0 disables); with a change feed the sweep records an ``expire`` of
+each entry it drops (only entries expired at that moment).
 Every operation runs without awaiting in between, so each (and each transaction) is atomic in
 the event loop; nothing is shared across processes, as with Dapr's in-memory store.
 
@@ -18,12 +20,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 
-from state._common import epoch_to_datetime, expiry_epoch, given_etag, needs_absent
+from state._common import PeriodicPurge, epoch_to_datetime, expiry_epoch, given_etag, needs_absent
 from state.errors import BulkError, ETagInvalid, ETagMismatch, StateError
+from state.feed import expiry_journal
 from state.query import matches, page_token, parse_query, sort_documents
 from state.store import (
     BulkItem,
@@ -43,7 +46,10 @@ _SWEEP_EVERY = 1000
 
 @dataclass(frozen=True, slots=True)
 class MemorySettings:
-    """``state.in-memory`` takes no metadata."""
+    """``state.in-memory`` takes no metadata but the change feed's (``record_expiry``)."""
+
+    cleanup_interval: float = 60.0
+    record_expiry: bool = False  # the store has a change feed: the sweep records expiries
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,20 @@ class MemoryStore(StoreLifecycle):
         self._outbox: dict[int, RecordedChange] = {}
         self._recorded = 0
         self._lease: tuple[str, float] | None = None
+        self._purge = PeriodicPurge()
+
+    async def connect(self) -> None:
+        """Start the periodic sweep."""
+        self._purge.start(self.settings.cleanup_interval, self.purge_expired)
+
+    async def close(self) -> None:
+        """Stop the sweep (the data stays: reopening finds it)."""
+        await self._purge.stop()
+
+    async def purge_expired(self) -> bool:
+        """Drop the expired entries, recording an ``expire`` of each with a change feed."""
+        self._sweep()
+        return True
 
     async def get(self, key: str) -> Item | None:
         """The live item under ``key``."""
@@ -226,9 +246,16 @@ class MemoryStore(StoreLifecycle):
     def _after_write(self) -> None:
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
-            now = time.time()
-            for key in [k for k, e in self._data.items() if not e.alive(now)]:
-                del self._data[key]
+            self._sweep()
+
+    def _sweep(self) -> None:
+        now, records = time.time(), []
+        for key in [k for k, e in self._data.items() if not e.alive(now)]:
+            entry = self._data.pop(key)
+            if self.settings.record_expiry:
+                etag = str(entry.version)
+                records.append(_record(expiry_journal(key), "expire", etag, None, now))
+        self._commit(records)
 
 
 class _Overlay:
@@ -257,14 +284,16 @@ _Store = dict[str, _Entry] | _Overlay
 
 def _record(
     journal: Journal,
-    operation: Literal["upsert", "delete"],
+    operation: Literal["upsert", "delete", "expire"],
     etag: str | None,
     value: bytes | None,
     now: float,
 ) -> RecordedChange:
     moment = datetime.fromtimestamp(now, UTC)
+    # cast: RecordedChange's operation type does not name "expire" yet (see state.feed)
+    op = cast(Literal["upsert", "delete"], operation)
     return RecordedChange(
-        "", journal.event_id, operation, journal.key, journal.app_id, etag, value, moment
+        "", journal.event_id, op, journal.key, journal.app_id, etag, value, moment
     )
 
 

@@ -20,7 +20,7 @@ Storage layout (the same tables mean the same to Dapr v2 and to omnibus)::
       seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,   -- record order; never reused
       store text NOT NULL,                    -- the component's name
       event_id text NOT NULL,                 -- the CloudEvent id
-      operation text NOT NULL,                -- "upsert" | "delete"
+      operation text NOT NULL,                -- "upsert" | "delete" | "expire"
       key text NOT NULL, app_id text NOT NULL,    -- the app's key (unprefixed), the app
       etag text, value bytea,                 -- the new etag and the bytes saved (upserts)
       recorded_at timestamptz NOT NULL        -- when the change was made
@@ -29,7 +29,8 @@ Storage layout (the same tables mean the same to Dapr v2 and to omnibus)::
       -- the relay that publishes a store's records, until expires_at
 
 Rows past ``expires_at`` are invisible at once and deleted every ``cleanupInterval`` (default
-1 h; 0 disables) by whichever process claims the last-cleanup row first, as in Dapr.  Saves
+1 h; 0 disables) by whichever process claims the last-cleanup row first, as in Dapr; with a
+change feed that DELETE records an ``expire`` for each row it removes, in the same statement.  Saves
 check their etag or first-write condition in the same statement that writes; a transaction runs
 its statements in one database transaction.  Queries (which Dapr's v2 store lacks) read the
 values as jsonb through the function ``<state table>_jsonb(bytea)``, created with the tables.
@@ -91,6 +92,7 @@ class PostgresSettings:
     timeout: float = 20.0
     cleanup_interval: float = 3600.0
     max_connections: int = 10
+    record_expiry: bool = False  # the store has a change feed: the purge records expiries
 
     @property
     def state_table(self) -> str:
@@ -250,9 +252,13 @@ class PostgresStore(StoreLifecycle):
             )
             if status.endswith(" 0"):
                 return False
-            await conn.execute(
+            expired = (
                 f"DELETE FROM {s.state_table} WHERE expires_at IS NOT NULL AND expires_at < now()"
             )
+            if s.record_expiry:
+                await conn.execute(outbox.expired_statement(s.state_table, expired), self.name)
+            else:
+                await conn.execute(expired)
             return True
 
     async def _write(self, db: Any, request: SetRequest) -> str:

@@ -28,6 +28,11 @@ entries' fields: :mod:`state._redis_scripts`).  Bulk gets are one pipeline of HG
 PEXPIRETIME.  A plain string key (written by very old Dapr versions) reads with no etag and is
 replaced by the next save.
 
+Expiry is not on this store's change feed: Redis drops an expired key itself (EXPIRE) and
+omnibus would see that only through keyspace notifications, which it does not use; so a key whose
+TTL passes has no ``expire`` event here.  ``state.sqlite``, ``state.postgresql`` and
+``state.in-memory`` do report expiry (from their own purge, :mod:`state.feed`).
+
 Where the contract of :mod:`state.store` and Dapr's scripts disagree, the contract wins (all
 stores behave alike): an etag is checked whenever one is given (Dapr ignores it under an explicit
 last-write); first-write without an etag refuses any existing key, and the ``first-write`` field

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bus.errors import ConfigError, InvalidArgument
 from bus.options import parse_bool, parse_duration
+from state.feed import FeedSettings
 from state.memory import MemorySettings, MemoryStore
 from state.sqlite import SqliteSettings, SqliteStore
 from state.store import StateStore
@@ -26,6 +27,8 @@ class _Metadata:
 
     def __init__(self, component: str, metadata: Mapping[str, str]) -> None:
         self.component = component
+        # A store with a change feed records its expiries (and its feed metadata is checked here)
+        self.feed = FeedSettings.from_metadata(component, metadata) is not None
         self._values = {name.lower(): (name, value) for name, value in metadata.items()}
 
     def fail(self, name: str, expected: str) -> ConfigError:
@@ -98,7 +101,7 @@ class _Metadata:
 
 
 def _memory(name: str, md: _Metadata, home: Path) -> StateStore:
-    return MemoryStore(name, MemorySettings())
+    return MemoryStore(name, MemorySettings(record_expiry=md.feed))
 
 
 def _sqlite(name: str, md: _Metadata, home: Path) -> StateStore:
@@ -111,6 +114,7 @@ def _sqlite(name: str, md: _Metadata, home: Path) -> StateStore:
             "cleanupInterval", default=3600.0, seconds_alias="cleanupIntervalInSeconds"
         ),
         disable_wal=md.boolean("disableWAL", default=False),
+        record_expiry=md.feed,
     )
     for forbidden in ("busy_timeout", "journal_mode"):
         if f"_pragma={forbidden}" in settings.connection_string.lower():
@@ -189,6 +193,7 @@ def _postgresql(name: str, md: _Metadata, home: Path) -> StateStore:
             "cleanupInterval", default=3600.0, seconds_alias="cleanupIntervalInSeconds"
         ),
         max_connections=md.integer("maxConns", default=10, minimum=1),
+        record_expiry=md.feed,
     )
     return PostgresStore(name, settings)
 

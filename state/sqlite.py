@@ -17,7 +17,7 @@ Storage layout (the same file means the same to Dapr and to omnibus)::
         seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- commit order; never reused
         store TEXT NOT NULL,                  -- the component's name (one file, several stores)
         event_id TEXT NOT NULL,               -- the CloudEvent id
-        operation TEXT NOT NULL,              -- "upsert" | "delete"
+        operation TEXT NOT NULL,              -- "upsert" | "delete" | "expire"
         key TEXT NOT NULL,                    -- the app's key, unprefixed
         app_id TEXT NOT NULL,                 -- the app that made the change
         etag TEXT, value BLOB,                -- the new etag and the bytes saved (upserts)
@@ -28,8 +28,10 @@ Storage layout (the same file means the same to Dapr and to omnibus)::
 
 Rows past their expiration_time are invisible at once and deleted by a purge every
 ``cleanupInterval`` (default 1 h; 0 disables), which, as in Dapr, runs only if no process sharing
-the file purged within the interval.  Times carry milliseconds (Dapr writes whole seconds; both
-compare correctly as text).  All sqlite3 calls of a store run on one worker thread of its own.
+the file purged within the interval; with a change feed the purge records an ``expire`` for
+each row it deletes, in its transaction (:func:`state._sqlite_outbox.purge_recorded`).  Times
+carry milliseconds (Dapr writes whole seconds; both compare correctly as text).
+All sqlite3 calls of a store run on one worker thread of its own.
 Writes are group-committed: the saves, deletes and transactions waiting while the worker commits
 go together into the next ``BEGIN IMMEDIATE ... COMMIT``, each under its own savepoint, so a failed
 etag check undoes only its own request, and concurrent callers share one fsync.  A write with a
@@ -85,6 +87,7 @@ class SqliteSettings:
     busy_timeout: float = 2.0
     cleanup_interval: float = 3600.0
     disable_wal: bool = False
+    record_expiry: bool = False  # the store has a change feed: the purge records expiries
 
 
 class SqliteStore(StoreLifecycle):
@@ -214,8 +217,12 @@ class SqliteStore(StoreLifecycle):
 
     async def purge_expired(self) -> bool:
         """Delete expired rows unless a purge ran within the interval; True if this one ran."""
-        interval_ms = int(self.settings.cleanup_interval * 1000) - 100
-        return await self._run(lambda: self._database.purge(interval_ms))
+        s, interval_ms = self.settings, int(self.settings.cleanup_interval * 1000) - 100
+        if not s.record_expiry:
+            return await self._run(lambda: self._database.purge(interval_ms))
+        conn = self._database.conn
+        purge = partial(outbox.purge_recorded, conn, s.table, s.metadata_table, self.name)
+        return await self._run(purge, interval_ms)
 
     # -- group commit and the worker thread ------------------------------------------------------
 

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
 
 from bus.backoff import Backoff
+from bus.errors import ConfigError
 from bus.message import Message
 from state.errors import BulkError, ETagMismatch
 from state.feed import CHANGE_EVENT_TYPE, ChangeFeed, ChangeRelay, FeedSettings, RelayTiming
+from state.memory import MemorySettings, MemoryStore
+from state.postgresql import PostgresStore
+from state.sqlite import SqliteSettings, SqliteStore
 from state.store import (
     Concurrency,
     DeleteRequest,
@@ -27,6 +32,7 @@ from state.store import (
     SetRequest,
     StateStore,
 )
+from tests.state.conftest import drop_postgres_tables, postgres_settings
 
 Key = Callable[[str], str]
 Reopen = Callable[[], Awaitable[StateStore]]
@@ -300,3 +306,94 @@ async def test_two_relays_of_one_store_publish_each_change_once_in_order(
     finally:
         for relay in relays:
             await relay.stop()
+
+
+# -- expiry and the relay's timings --------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def expiring(
+    request: pytest.FixtureRequest, tmp_path: Path, store_name: str
+) -> AsyncIterator[StateStore]:
+    """A store with a change feed (it records expiries) whose purge the test runs itself."""
+    made: StateStore
+    if request.param == "memory":
+        made = MemoryStore(store_name, MemorySettings(cleanup_interval=0, record_expiry=True))
+    elif request.param == "sqlite":
+        path = str(tmp_path / "state.db")
+        made = SqliteStore(store_name, SqliteSettings(path, cleanup_interval=0, record_expiry=True))
+    else:
+        if not request.getfixturevalue("postgres_reachable"):
+            pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+        made = PostgresStore(store_name, postgres_settings(record_expiry=True))
+    async with made as store:
+        yield store
+        if isinstance(store, PostgresStore):
+            await drop_postgres_tables(store)
+
+
+async def test_a_purged_expired_key_records_one_expire_and_a_rewritten_key_none(
+    expiring: StateStore, key: Key
+) -> None:
+    # Given a key saved with a TTL, and one whose TTL was cleared by a save before the purge
+    etag = await expiring.set(SetRequest(key("gone"), b"1", ttl=1))
+    await expiring.set(SetRequest(key("kept"), b"1", ttl=1))
+    await expiring.set(SetRequest(key("kept"), b"2"))
+    await asyncio.sleep(1.2)
+    # When the store purges its expired rows
+    await expiring.purge_expired()  # type: ignore[attr-defined]
+    # Then only the expired key has a record: an expire with the etag it had, no value
+    changes = await recorded(expiring)
+    app = key("").removesuffix("||")
+    assert [(c.operation, c.app_id, c.key, c.etag, c.value) for c in changes] == [
+        ("expire", app, "gone", etag, None)
+    ]
+    assert await expiring.get(key("kept")) is not None
+    await expiring.purge_expired()  # type: ignore[attr-defined]
+    assert len(await recorded(expiring)) == 1  # a second purge finds nothing more
+
+
+async def test_the_relay_publishes_an_expire_event(expiring: StateStore, key: Key) -> None:
+    await expiring.set(SetRequest(key("gone"), b"1", ttl=1))
+    await asyncio.sleep(1.2)
+    await expiring.purge_expired()  # type: ignore[attr-defined]
+    topic = Topic()
+    relay = relay_of(expiring, topic)
+    await relay.start()
+    try:
+        await until(lambda: len(topic.events) >= 1, "the expire event")
+    finally:
+        await relay.stop()
+    assert topic.keys() == [("expire", "gone")]
+    assert "value" not in topic.events[0]["data"]  # type: ignore[operator]
+
+
+def test_the_relay_timings_are_read_from_the_metadata() -> None:
+    names = {"changeFeedPubsub": "p", "changeFeedTopic": "t"}
+    assert FeedSettings.from_metadata("s", names) == FeedSettings("p", "t", 1.0, 10.0)
+    timed = FeedSettings.from_metadata(
+        "s", {**names, "changeFeedPollInterval": "250ms", "CHANGEFEEDLEASE": "3s"}
+    )
+    assert timed == FeedSettings("p", "t", 0.25, 3.0)
+    assert timed is not None
+    feed = ChangeFeed("s", timed, Topic(), source="orders")
+    assert (feed.timing.poll, feed.timing.lease) == (0.25, 3.0)
+    assert FeedSettings.from_metadata("s", {**names, "changeFeedLease": "2000"}) == FeedSettings(
+        "p", "t", 1.0, 2.0
+    )
+
+
+@pytest.mark.parametrize(
+    ("timings", "complaint"),
+    [
+        ({"changeFeedPollInterval": "0s"}, "'changeFeedPollInterval': expected a positive"),
+        ({"changeFeedPollInterval": "-1s"}, "'changeFeedPollInterval': expected a positive"),
+        ({"changeFeedLease": "soon"}, "'changeFeedLease': expected a positive"),
+        ({"changeFeedPollInterval": "5s", "changeFeedLease": "5s"}, "longer than"),
+        ({"changeFeedLease": "500ms"}, "longer than"),
+    ],
+)
+def test_bad_relay_timings_are_refused(timings: dict[str, str], complaint: str) -> None:
+    metadata = {"changeFeedPubsub": "p", "changeFeedTopic": "t", **timings}
+    with pytest.raises(ConfigError, match=complaint):
+        FeedSettings.from_metadata("s", metadata)
