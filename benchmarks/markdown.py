@@ -38,9 +38,10 @@ All processes of a run share this machine's cores: the brokers, both sidecars, t
 the load generator processes and the orchestrating process. Nothing is pinned to a core, so every
 figure includes the cost of sharing them; ratios compare figures taken in the same run.
 
-1. **Publish ingest over HTTP.** Generator processes (asyncio + aiohttp, keep-alive connections)
-   send `POST /v1.0/publish/pubsub/{topic}` with a JSON payload from all connections at once, for a
-   fixed duration; a response other than 2xx counts as an error. Bulk: `POST
+1. **Publish ingest over HTTP.** Generator processes (asyncio, keep-alive connections, the app
+   channel's lean HTTP/1.1 client, about a third of aiohttp's CPU per request) send `POST
+   /v1.0/publish/pubsub/{topic}` with a JSON payload from all connections at once, for a fixed
+   duration; a response other than 2xx counts as an error. Bulk: `POST
    /v1.0-alpha1/publish/bulk/pubsub/{topic}` with 100 entries per request. The topic has a consumer
    group (so the broker stores every message) but no running subscriber. Ceiling: the same
    generator against a bare Starlette endpoint on uvicorn (uvloop + httptools) that reads the body
