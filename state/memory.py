@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import orjson
 
@@ -290,10 +290,8 @@ def _record(
     now: float,
 ) -> RecordedChange:
     moment = datetime.fromtimestamp(now, UTC)
-    # cast: RecordedChange's operation type does not name "expire" yet (see state.feed)
-    op = cast(Literal["upsert", "delete"], operation)
     return RecordedChange(
-        "", journal.event_id, op, journal.key, journal.app_id, etag, value, moment
+        "", journal.event_id, operation, journal.key, journal.app_id, etag, value, moment
     )
 
 

@@ -137,12 +137,13 @@ class RecordedChange:
     """One change a store recorded in its outbox with the write that made it.
 
     ``position`` is the store's own handle on the record (a row number, a stream entry id),
-    increasing in commit order and never reused; ``etag`` and ``value`` are set on upserts.
+    increasing in commit order and never reused; ``etag`` and ``value`` are set on upserts
+    (an expiry carries the etag the value had).
     """
 
     position: str
     event_id: str
-    operation: Literal["upsert", "delete"]
+    operation: Literal["upsert", "delete", "expire"]  # expire: removed by the store's TTL purge
     key: str
     app_id: str
     etag: str | None
