@@ -149,7 +149,7 @@ class AsyncClient:
         request = replace(call, caller=self.app_id, invocation_id=iid)
         try:
             await self.broker.submit(
-                async_topic(call.app_id),
+                async_topic(call.app_id, call.namespace),
                 Message(request.to_envelope().encode(), id=iid),
                 reply_to=results_topic(self.app_id),
                 idempotency_key=iid,

@@ -14,6 +14,7 @@ Envelope attributes of a :class:`Call` (the storage layout of an invocation on t
     query    the raw query string without ``?`` (may be empty)
     caller   the caller's app id
     iid      the invocation id of an async invocation (absent on sync calls)
+    ns       the callee's namespace (absent for the default namespace)
 """
 
 from __future__ import annotations
@@ -28,14 +29,30 @@ CALL_TOPIC_PREFIX = "omnibus.invoke."
 ASYNC_TOPIC_PREFIX = "omnibus.invoke-async."
 
 
-def call_topic(app_id: str) -> str:
-    """The topic on which the sidecars of ``app_id`` serve sync invocations (call mode)."""
-    return CALL_TOPIC_PREFIX + app_id
+DEFAULT_NAMESPACE = "default"
 
 
-def async_topic(app_id: str) -> str:
-    """The topic on which the sidecars of ``app_id`` serve async invocations (durable mode)."""
-    return ASYNC_TOPIC_PREFIX + app_id
+def _qualified(app_id: str, namespace: str) -> str:
+    # The default namespace (or none) keeps the bare app id, so topics stay those of a
+    # sidecar that never heard of namespaces; ``/`` cannot occur in an app id or a namespace.
+    if not namespace or namespace == DEFAULT_NAMESPACE:
+        return app_id
+    return f"{namespace}/{app_id}"
+
+
+def same_namespace(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` name one namespace ("" is the default one)."""
+    return (a or DEFAULT_NAMESPACE) == (b or DEFAULT_NAMESPACE)
+
+
+def call_topic(app_id: str, namespace: str = "") -> str:
+    """The topic on which the sidecars of ``app_id`` in ``namespace`` serve sync invocations."""
+    return CALL_TOPIC_PREFIX + _qualified(app_id, namespace)
+
+
+def async_topic(app_id: str, namespace: str = "") -> str:
+    """The topic on which the sidecars of ``app_id`` in ``namespace`` serve async invocations."""
+    return ASYNC_TOPIC_PREFIX + _qualified(app_id, namespace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +67,7 @@ class Call:
     body: bytes
     caller: str
     invocation_id: str | None = None
+    namespace: str = ""  # the callee's; "" or "default" is the default namespace
 
     def to_envelope(self) -> Envelope:
         """The request envelope that carries this call on the bus."""
@@ -62,6 +80,8 @@ class Call:
         }
         if self.invocation_id is not None:
             attributes["iid"] = self.invocation_id
+        if self.namespace and self.namespace != DEFAULT_NAMESPACE:
+            attributes["ns"] = self.namespace
         return Envelope(headers=self.headers, body=self.body, attributes=attributes)
 
     @classmethod
@@ -78,6 +98,7 @@ class Call:
                 body=envelope.body,
                 caller=attributes.get("caller", ""),
                 invocation_id=attributes.get("iid"),
+                namespace=attributes.get("ns", ""),
             )
         except KeyError as exc:
             raise InvalidArgument(f"invocation envelope lacks attribute {exc}") from None

@@ -33,7 +33,7 @@ from bus.errors import (
 )
 from bus.message import Message
 from bus.options import RetryPolicy
-from invoke.call import AppCaller, Call, Reply, call_topic
+from invoke.call import AppCaller, Call, Reply, call_topic, same_namespace
 from invoke.errors import (
     APP_UNREACHABLE,
     AppUnreachable,
@@ -114,9 +114,11 @@ class Invoker:
         local: AppCaller | None = None,
         policies: Callable[[str], InvokePolicy] = lambda _: NO_POLICY,
         default_timeout: float = DEFAULT_TIMEOUT,
+        namespace: str = "",
     ) -> None:
         self.broker = broker
         self.app_id = app_id
+        self.namespace = namespace
         self.local = local
         self.policies = policies
         self.default_timeout = default_timeout
@@ -163,11 +165,14 @@ class Invoker:
             attempt += 1
 
     async def _attempt(self, call: Call, timeout: float) -> Reply:
-        if call.app_id == self.app_id and self.local is not None:
+        if self.local is not None and self._is_own(call):
             return await self._call_local(self.local, call, timeout)
         if self.broker is None:
             raise NoInstance(failed_to_invoke(call.app_id, "no system bus to reach other apps"))
         return await self._call_remote(self.broker, call, timeout)
+
+    def _is_own(self, call: Call) -> bool:
+        return call.app_id == self.app_id and same_namespace(call.namespace, self.namespace)
 
     async def _call_local(self, local: AppCaller, call: Call, timeout: float) -> Reply:
         try:
@@ -182,7 +187,7 @@ class Invoker:
         request = Message(data=call.to_envelope().encode())
         app = call.app_id
         try:
-            reply = await broker.request(call_topic(app), request, timeout=timeout)
+            reply = await broker.request(call_topic(app, call.namespace), request, timeout=timeout)
         except NoResponders:
             raise NoInstance(failed_to_invoke(app, f"no running instance of app {app}")) from None
         except RequestTimeout:
