@@ -33,6 +33,18 @@ omnibus would see that only through keyspace notifications, which it does not us
 TTL passes has no ``expire`` event here.  ``state.sqlite``, ``state.postgresql`` and
 ``state.in-memory`` do report expiry (from their own purge, :mod:`state.feed`).
 
+Queries (``/v1.0-alpha1/state/{store}/query``) do not use RediSearch or ``queryIndexes`` (Dapr's
+Redis query needs RediSearch and RedisJSON, which a plain Redis lacks): they SCAN the keys of the
+app's prefix (``SCAN MATCH <prefix>* COUNT 1000``), read ``data`` and ``version`` of each page of
+keys in one pipeline (HMGET + PEXPIRETIME), and filter, sort and page the JSON values in Python
+with the evaluator of :mod:`state.query`, as ``state.in-memory`` does.  The cost grows with the
+number of keys under the prefix on every query: fine for thousands of keys, not for millions.
+Each result is consistent in itself (its value and etag are read together) but the results are not
+a snapshot: a key written during the scan may be seen before or after its change, or missed if it
+is created then.  Keys that are not hashes of this layout (the outbox stream and relay lease with
+the ``none`` prefix, a plain string from old Dapr, another program's keys), and values that are not
+JSON, are left out.
+
 Where the contract of :mod:`state.store` and Dapr's scripts disagree, the contract wins (all
 stores behave alike): an etag is checked whenever one is given (Dapr ignores it under an explicit
 last-write); first-write without an etag refuses any existing key, and the ``first-write`` field
@@ -43,11 +55,13 @@ an etag of a missing key is an ETagMismatch (Dapr reports success).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -63,10 +77,10 @@ from state.errors import (
     BulkError,
     ETagInvalid,
     ETagMismatch,
-    NotSupported,
     StateError,
     StoreUnavailable,
 )
+from state.query import matches, page_token, parse_query, sort_documents
 from state.store import (
     BulkItem,
     DeleteRequest,
@@ -82,6 +96,8 @@ from state.store import (
 _MISMATCH = "ETAG_MISMATCH"
 _WATCH_RETRIES = 10
 _CLOSE_GRACE = 5.0
+_SCAN_COUNT = 1000  # keys per SCAN step, and so per pipeline of reads
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +133,7 @@ class RedisStore(StoreLifecycle):
     def __init__(self, name: str, settings: RedisStoreSettings) -> None:
         self.name = name
         self.settings = settings
-        base = {Feature.ETAG, Feature.TRANSACTIONAL, Feature.TTL}
+        base = {Feature.ETAG, Feature.TRANSACTIONAL, Feature.TTL, Feature.QUERY_API}
         self.features = frozenset(base | ({Feature.ACTOR} if settings.actor_state_store else set()))
         self._client: aioredis.Redis | None = None
         self._link: RedisLink | None = None
@@ -328,8 +344,60 @@ class RedisStore(StoreLifecycle):
         raise StoreUnavailable(f"state store {self.name!r}: transaction kept conflicting")
 
     async def query(self, query: Mapping[str, Any], key_prefix: str) -> QueryResult:
-        """Not offered: Dapr's Redis query needs RediSearch/RedisJSON."""
-        raise NotSupported(f"state store {self.name!r} (state.redis) does not support queries")
+        """Filter, sort and page the JSON values under ``key_prefix`` (a SCAN, no RediSearch)."""
+        parsed = parse_query(query)
+        async with self._inflight:
+            items = await self._scan_items(key_prefix)
+        rows: list[tuple[str, Any]] = []
+        for item in items.values():
+            try:
+                document = orjson.loads(item.value)
+            except orjson.JSONDecodeError:
+                continue
+            if matches(parsed.filter, document):
+                rows.append((item.key, document))
+        ordered = sort_documents(rows, parsed.sort)
+        end = parsed.offset + parsed.limit if parsed.limit else len(ordered)
+        page = [items[key] for key, _ in ordered[parsed.offset : end]]
+        return QueryResult(page, page_token(parsed, len(page), end < len(ordered)))
+
+    async def _scan_items(self, key_prefix: str) -> dict[str, Item]:
+        """Every hash of this layout under ``key_prefix``: SCAN steps, each step's keys read in
+        one pipeline (redis-py's, so large replies do not hold up the hot path's link)."""
+        match = _GLOB_SPECIAL.sub(r"\\\1", key_prefix) + "*"
+        items: dict[str, Item] = {}
+        cursor: int = 0
+        try:
+            while True:
+                cursor, found = await self.client.scan(cursor, match=match, count=_SCAN_COUNT)
+                keys = [k for k in dict.fromkeys(_key_names(found)) if k not in items]
+                items.update(await self._read_hashes(keys))
+                if cursor == 0:
+                    return items
+        except RedisError as exc:
+            raise _translate(self.name, exc) from exc
+
+    async def _read_hashes(self, keys: Sequence[str]) -> dict[str, Item]:
+        """``data``, ``version`` and expiry of ``keys`` in one round trip; keys that vanished or
+        are not hashes with both fields are left out."""
+        if not keys:
+            return {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, "data", "version")
+                pipe.pexpiretime(key)
+            replies = await pipe.execute(raise_on_error=False)
+        items = {}
+        for index, key in enumerate(keys):
+            fields, expiry = replies[2 * index], replies[2 * index + 1]
+            if isinstance(fields, ResponseError):  # another type: the outbox stream, a string
+                continue
+            if isinstance(fields, Exception):
+                raise fields
+            data, version = fields
+            if data is not None and version is not None:
+                items[key] = Item(key, data, version.decode(), _expires_at(expiry))
+        return items
 
     async def _transact_once(
         self, pipe: Any, keys: list[str], operations: Sequence[Operation]
@@ -407,6 +475,17 @@ class RedisStore(StoreLifecycle):
         if value is None:
             return None
         return Item(key, value.encode() if isinstance(value, str) else value, None)
+
+
+def _key_names(raw: Sequence[bytes | str]) -> list[str]:
+    """The keys of a SCAN reply as text; one that is not UTF-8 was not written by a sidecar."""
+    names = []
+    for key in raw:
+        try:
+            names.append(key if isinstance(key, str) else key.decode())
+        except UnicodeDecodeError:
+            continue
+    return names
 
 
 def _no_script(reply: Any) -> bool:

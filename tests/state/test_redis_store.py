@@ -106,7 +106,10 @@ async def test_transaction_versions_continue_from_the_stored_ones(
 
 
 async def test_features_include_actor_only_when_configured(store: RedisStore) -> None:
-    assert store.features == {Feature.ETAG, Feature.TRANSACTIONAL, Feature.TTL}
+    base = {Feature.ETAG, Feature.TRANSACTIONAL, Feature.TTL, Feature.QUERY_API}
+    assert store.features == base
+    actors = RedisStore("a", RedisStoreSettings(actor_state_store=True))
+    assert actors.features == base | {Feature.ACTOR}
 
 
 async def test_the_component_ttl_applies_when_a_save_names_none(
