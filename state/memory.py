@@ -22,12 +22,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import orjson
-
 from state._common import PeriodicPurge, epoch_to_datetime, expiry_epoch, given_etag, needs_absent
 from state.errors import BulkError, ETagInvalid, ETagMismatch, StateError
 from state.feed import expiry_journal
-from state.query import matches, page_token, parse_query, sort_documents
+from state.query import parse_query, run_query
 from state.store import (
     BulkItem,
     DeleteRequest,
@@ -173,23 +171,14 @@ class MemoryStore(StoreLifecycle):
 
     async def query(self, query: Mapping[str, Any], key_prefix: str) -> QueryResult:
         """Filter, sort and page the JSON values under ``key_prefix``."""
-        parsed = parse_query(query)
         now = time.time()
-        rows: list[tuple[str, Any]] = []
-        for key, entry in self._data.items():
-            if not key.startswith(key_prefix) or not entry.alive(now) or entry.is_binary:
-                continue
-            try:
-                document = orjson.loads(entry.value)
-            except orjson.JSONDecodeError:
-                continue
-            if matches(parsed.filter, document):
-                rows.append((key, document))
-        ordered = sort_documents(rows, parsed.sort)
-        end = parsed.offset + parsed.limit if parsed.limit else len(ordered)
-        page = ordered[parsed.offset : end]
-        results = [_item(key, self._data[key]) for key, _ in page]
-        return QueryResult(results, page_token(parsed, len(page), end < len(ordered)))
+        values = (
+            (key, entry.value)
+            for key, entry in self._data.items()
+            if key.startswith(key_prefix) and entry.alive(now) and not entry.is_binary
+        )
+        keys, token = run_query(parse_query(query), values)
+        return QueryResult([_item(key, self._data[key]) for key in keys], token)
 
     def _live(self, data: _Store, key: str, now: float) -> _Entry | None:
         entry = data.get(key)

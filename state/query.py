@@ -11,9 +11,11 @@ Values that are not JSON never match a query.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from state.errors import InvalidQuery
 
@@ -205,3 +207,20 @@ def page_token(query: Query, returned: int, more: bool) -> str | None:
     if query.limit and more:
         return str(query.offset + returned)
     return None
+
+
+def run_query(query: Query, values: Iterable[tuple[str, bytes]]) -> tuple[list[str], str | None]:
+    """One page of ``query`` over ``(key, value)`` pairs: its keys in order, and the token of the
+    next page (None on the last).  Values that are not JSON are left out."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in values:
+        try:
+            document = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            continue
+        if matches(query.filter, document):
+            rows.append((key, document))
+    ordered = sort_documents(rows, query.sort)
+    end = query.offset + query.limit if query.limit else len(ordered)
+    page = [key for key, _ in ordered[query.offset : end]]
+    return page, page_token(query, len(page), end < len(ordered))

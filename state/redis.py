@@ -55,13 +55,10 @@ an etag of a missing key is an ETagMismatch (Dapr reports success).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -73,6 +70,7 @@ from bus.errors import BrokerError, BrokerUnavailable
 from bus.redis.link import Command, RedisAddress, RedisLink
 from state import _redis_scripts as scripts
 from state._common import InFlight, given_etag, needs_absent
+from state._redis_query import expires_at, scan_items
 from state.errors import (
     BulkError,
     ETagInvalid,
@@ -80,7 +78,7 @@ from state.errors import (
     StateError,
     StoreUnavailable,
 )
-from state.query import matches, page_token, parse_query, sort_documents
+from state.query import parse_query, run_query
 from state.store import (
     BulkItem,
     DeleteRequest,
@@ -96,8 +94,6 @@ from state.store import (
 _MISMATCH = "ETAG_MISMATCH"
 _WATCH_RETRIES = 10
 _CLOSE_GRACE = 5.0
-_SCAN_COUNT = 1000  # keys per SCAN step, and so per pipeline of reads
-_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,57 +343,12 @@ class RedisStore(StoreLifecycle):
         """Filter, sort and page the JSON values under ``key_prefix`` (a SCAN, no RediSearch)."""
         parsed = parse_query(query)
         async with self._inflight:
-            items = await self._scan_items(key_prefix)
-        rows: list[tuple[str, Any]] = []
-        for item in items.values():
             try:
-                document = orjson.loads(item.value)
-            except orjson.JSONDecodeError:
-                continue
-            if matches(parsed.filter, document):
-                rows.append((item.key, document))
-        ordered = sort_documents(rows, parsed.sort)
-        end = parsed.offset + parsed.limit if parsed.limit else len(ordered)
-        page = [items[key] for key, _ in ordered[parsed.offset : end]]
-        return QueryResult(page, page_token(parsed, len(page), end < len(ordered)))
-
-    async def _scan_items(self, key_prefix: str) -> dict[str, Item]:
-        """Every hash of this layout under ``key_prefix``: SCAN steps, each step's keys read in
-        one pipeline (redis-py's, so large replies do not hold up the hot path's link)."""
-        match = _GLOB_SPECIAL.sub(r"\\\1", key_prefix) + "*"
-        items: dict[str, Item] = {}
-        cursor: int = 0
-        try:
-            while True:
-                cursor, found = await self.client.scan(cursor, match=match, count=_SCAN_COUNT)
-                keys = [k for k in dict.fromkeys(_key_names(found)) if k not in items]
-                items.update(await self._read_hashes(keys))
-                if cursor == 0:
-                    return items
-        except RedisError as exc:
-            raise _translate(self.name, exc) from exc
-
-    async def _read_hashes(self, keys: Sequence[str]) -> dict[str, Item]:
-        """``data``, ``version`` and expiry of ``keys`` in one round trip; keys that vanished or
-        are not hashes with both fields are left out."""
-        if not keys:
-            return {}
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hmget(key, "data", "version")
-                pipe.pexpiretime(key)
-            replies = await pipe.execute(raise_on_error=False)
-        items = {}
-        for index, key in enumerate(keys):
-            fields, expiry = replies[2 * index], replies[2 * index + 1]
-            if isinstance(fields, ResponseError):  # another type: the outbox stream, a string
-                continue
-            if isinstance(fields, Exception):
-                raise fields
-            data, version = fields
-            if data is not None and version is not None:
-                items[key] = Item(key, data, version.decode(), _expires_at(expiry))
-        return items
+                items = await scan_items(self.client, key_prefix)
+            except RedisError as exc:
+                raise _translate(self.name, exc) from exc
+        keys, token = run_query(parsed, ((item.key, item.value) for item in items.values()))
+        return QueryResult([items[key] for key in keys], token)
 
     async def _transact_once(
         self, pipe: Any, keys: list[str], operations: Sequence[Operation]
@@ -465,7 +416,7 @@ class RedisStore(StoreLifecycle):
         data, version = fields.get(b"data"), fields.get(b"version")
         if data is None or version is None:
             return BulkItem(key, None, "required hash field 'data' or 'version' was not found")
-        return BulkItem(key, Item(key, data, version.decode(), _expires_at(expiry)))
+        return BulkItem(key, Item(key, data, version.decode(), expires_at(expiry)))
 
     async def _plain(self, key: str) -> Item | None:
         try:
@@ -475,17 +426,6 @@ class RedisStore(StoreLifecycle):
         if value is None:
             return None
         return Item(key, value.encode() if isinstance(value, str) else value, None)
-
-
-def _key_names(raw: Sequence[bytes | str]) -> list[str]:
-    """The keys of a SCAN reply as text; one that is not UTF-8 was not written by a sidecar."""
-    names = []
-    for key in raw:
-        try:
-            names.append(key if isinstance(key, str) else key.decode())
-        except UnicodeDecodeError:
-            continue
-    return names
 
 
 def _no_script(reply: Any) -> bool:
@@ -511,13 +451,6 @@ def _simulate(versions: dict[str, int | None], operation: Operation) -> int | No
     else:
         versions[operation.key] = None
     return versions[operation.key]
-
-
-def _expires_at(reply: Any) -> datetime | None:
-    # PEXPIRETIME: the absolute expiry in ms; -1 = no expiry, -2 = no key.
-    if isinstance(reply, int) and reply > 0:
-        return datetime.fromtimestamp(reply / 1000, UTC)
-    return None
 
 
 def _translate(name: str, exc: Exception) -> StateError:
