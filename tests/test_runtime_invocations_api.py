@@ -262,7 +262,7 @@ def test_the_policy_comes_from_the_apps_resiliency_target() -> None:
 
 
 class NoQueryStore(MemoryStore):
-    """A store without the query API, as state.redis."""
+    """A store without the query API (a third-party store could be one)."""
 
     features = frozenset({Feature.ETAG, Feature.TTL})
 
