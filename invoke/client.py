@@ -12,11 +12,26 @@
   ``matching.gRPCStatusCodes`` which transport failures (by the gRPC code a Dapr sidecar pair
   would see: 14 Unavailable, 4 DeadlineExceeded); a list left out retries every failure of its
   kind.  Without a retry policy a call is attempted once.
+
+A call already taken by a callee whose sidecar then dies fails fast too.  While remote calls to a
+topic are pending, one watcher per topic (never one per call; a call adds no lookup of its own to
+the one ``request`` makes) asks presence every heartbeat interval whether a server of the topic is
+still live.  When none is, every call to that topic that was pending when the lookup began fails
+with :class:`~invoke.errors.NoInstance` ("its last instance went away"), so the caller knows within
+the heartbeat TTL plus one interval instead of at its time-out; a Resiliency policy retries it
+like any ``NoInstance`` (gRPC 14).  Only calls to that topic fail, each through its own task; a
+watcher that cannot ask presence (the bus is down) logs it and fails nothing, so those calls keep
+their own time-out.  The watcher ends once no call to its topic is pending, and at ``close()``.
+
+The limit: the caller cannot see which replica took a call.  While another instance of the callee
+is live, a call taken by one that died still waits for its time-out.  A call that fails this way
+may still have run (as after a time-out); it is never run twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,6 +48,7 @@ from bus.errors import (
 )
 from bus.message import Message
 from bus.options import RetryPolicy
+from bus.presence import HEARTBEAT_INTERVAL, SERVICE
 from invoke.call import AppCaller, Call, Reply, call_topic, same_namespace
 from invoke.errors import (
     APP_UNREACHABLE,
@@ -44,8 +60,12 @@ from invoke.errors import (
 )
 from invoke.server import DEFAULT_CONCURRENCY, InvocationServer
 
+log = logging.getLogger("omnibus.invoke")
+
 # Dapr sets no time-out of its own on an invocation; a bus call needs one.
 DEFAULT_TIMEOUT = 60.0
+
+_GONE = "its last instance went away"
 
 
 class Breaker(Protocol):
@@ -103,6 +123,93 @@ def failed_to_invoke(app_id: str, reason: str) -> str:
     return f"failed to invoke, id: {app_id}, err: {reason}"
 
 
+class _Pending:
+    """One remote call awaiting its reply, in its own task, which its topic's watcher may fail.
+
+    Failing cancels that task as ``asyncio.timeout`` does, counting the cancellation so that
+    one from elsewhere (a shutdown, an outer time-out) still reaches the caller as such.
+    """
+
+    __slots__ = ("task", "cancelling", "failed", "settled")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.cancelling = task.cancelling()
+        self.failed = False
+        self.settled = False
+
+    def fail(self) -> None:
+        """Fail the call: its task is cancelled, and :meth:`settle` tells it why."""
+        self.failed = True
+        self.task.cancel()
+
+    def settle(self) -> bool:
+        """Once the call ended: True when it ended because the watcher failed it.
+
+        Takes back the watcher's cancellation exactly once, whichever way the call ended.
+        """
+        if not self.failed or self.settled:
+            return False
+        self.settled = True
+        return self.task.uncancel() <= self.cancelling
+
+
+class _Watchers:
+    """The pending remote calls per topic, and the one presence watcher of each such topic."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._pending: dict[str, set[_Pending]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def add(self, broker: BaseBroker, topic: str, call: _Pending) -> set[_Pending]:
+        """Count ``call`` as pending on ``topic``; starts the topic's watcher if it has none."""
+        calls = self._pending.get(topic)
+        if calls is None:
+            calls = self._pending[topic] = set()
+            self._tasks[topic] = asyncio.create_task(
+                self._watch(broker, topic, calls), name=f"invoke-watch:{topic}"
+            )
+        calls.add(call)
+        return calls
+
+    async def close(self) -> None:
+        """Cancel every watcher; pending calls keep their own time-outs."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _watch(self, broker: BaseBroker, topic: str, calls: set[_Pending]) -> None:
+        failing = False
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                if not calls:
+                    return
+                asked = set(calls)  # a call that starts during the lookup waits for the next
+                try:
+                    live = await broker.instances(topic, kind=SERVICE)
+                except Exception as exc:
+                    # Failing nothing is safe: each call still has its own time-out.
+                    level = logging.DEBUG if failing else logging.WARNING
+                    log.log(level, "cannot watch the servers of %s: %s", topic, exc)
+                    failing = True
+                    continue
+                failing = False
+                if not live:
+                    for call in asked & calls:
+                        calls.discard(call)
+                        call.fail()
+        finally:
+            # No await between the last look at ``calls`` and this: a call added later finds
+            # no entry and starts a new watcher.
+            if self._pending.get(topic) is calls:
+                del self._pending[topic]
+                del self._tasks[topic]
+
+
 class Invoker:
     """Sends calls to apps: the local one directly, others over the system bus."""
 
@@ -115,6 +222,7 @@ class Invoker:
         policies: Callable[[str], InvokePolicy] = lambda _: NO_POLICY,
         default_timeout: float = DEFAULT_TIMEOUT,
         namespace: str = "",
+        presence_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         self.broker = broker
         self.app_id = app_id
@@ -123,6 +231,7 @@ class Invoker:
         self.policies = policies
         self.default_timeout = default_timeout
         self._server: InvocationServer | None = None
+        self._watchers = _Watchers(presence_interval)
 
     async def serve(self, caller: AppCaller, *, concurrency: int = DEFAULT_CONCURRENCY) -> None:
         """Serve this app's invocations through ``caller`` and call it directly for itself."""
@@ -134,9 +243,10 @@ class Invoker:
             await self._server.start()
 
     async def close(self) -> None:
-        """Stop serving (calls in flight finish within the broker's drain bound)."""
+        """Stop serving (calls in flight finish within the broker's drain bound) and watching."""
         server, self._server = self._server, None
         self.local = None
+        await self._watchers.close()
         if server is not None:
             await server.stop()
 
@@ -187,7 +297,9 @@ class Invoker:
         request = Message(data=call.to_envelope().encode())
         app = call.app_id
         try:
-            reply = await broker.request(call_topic(app, call.namespace), request, timeout=timeout)
+            reply = await self._request(
+                broker, app, call_topic(app, call.namespace), request, timeout
+            )
         except NoResponders:
             raise NoInstance(failed_to_invoke(app, f"no running instance of app {app}")) from None
         except RequestTimeout:
@@ -202,6 +314,26 @@ class Invoker:
             return Reply.from_envelope(Envelope.decode(reply.data))
         except InvalidArgument as exc:
             raise InvokeError(failed_to_invoke(app, f"unreadable reply: {exc}")) from None
+
+    async def _request(
+        self, broker: BaseBroker, app: str, topic: str, request: Message, timeout: float
+    ) -> Message:
+        """``broker.request`` while the topic's watcher may fail it (see the module docstring)."""
+        task = asyncio.current_task()
+        if task is None:
+            return await broker.request(topic, request, timeout=timeout)
+        pending = _Pending(task)
+        calls = self._watchers.add(broker, topic, pending)
+        try:
+            return await broker.request(topic, request, timeout=timeout)
+        except asyncio.CancelledError:
+            if pending.settle():
+                reason = f"no running instance of app {app}: {_GONE}"
+                raise NoInstance(failed_to_invoke(app, reason)) from None
+            raise
+        finally:
+            calls.discard(pending)
+            pending.settle()  # a reply or error that won the race with the cancellation
 
 
 def _record(policy: InvokePolicy, *, success: bool) -> None:
