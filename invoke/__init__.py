@@ -10,6 +10,8 @@ from invoke.call import (
     Reply,
     async_topic,
     call_topic,
+    same_namespace,
+    validate_own_app_id,
 )
 from invoke.errors import APP_UNREACHABLE, AppUnreachable, InvokeError
 
@@ -22,4 +24,6 @@ __all__ = [
     "Reply",
     "async_topic",
     "call_topic",
+    "same_namespace",
+    "validate_own_app_id",
 ]

@@ -3,11 +3,11 @@
 Submit: a new invocation id (or the one an ``Idempotency-Key`` always maps to, see
 :func:`~invoke.results.invocation_id`) is recorded as pending in the result store, then the call
 is submitted durably to the callee's :func:`~invoke.call.async_topic` with its replies going to
-:func:`results_topic` of the caller app.  :meth:`AsyncClient.submit` returns once the broker holds
-the request; the callee need not be running.  A resubmission with the same key returns the
-existing invocation and submits nothing.  If the submit itself fails the pending record is removed
-again, so the same key may be tried once more.  (A sidecar killed between recording and
-submitting leaves a pending record that never completes; it expires with the TTL.)
+:func:`results_topic` of the caller app in its namespace.  :meth:`AsyncClient.submit` returns
+once the broker holds the request; the callee need not be running.  A resubmission with the same
+key returns the existing invocation and submits nothing.  If the submit itself fails the pending
+record is removed again, so the same key may be tried once more.  (A sidecar killed between
+recording and submitting leaves a pending record that never completes; it expires with the TTL.)
 
 Results: every sidecar of the caller app subscribes to its results topic (group = the app id) and
 records each reply in the invocation's record: ``completed`` with the app's response (any status
@@ -39,7 +39,7 @@ from bus.message import Message, Outcome
 from bus.options import FOREVER, RetryPolicy, SubscriptionOptions
 from bus.rpc import ERROR_KEY
 from invoke.async_server import APP_FAILED, ATTEMPT_KEY, INVOCATION_ID_HEADER, SKIPPED_KEY
-from invoke.call import AppCaller, Call, Reply, async_topic
+from invoke.call import AppCaller, Call, Reply, async_topic, qualified_id
 from invoke.results import InvocationRecord, Results, Status, invocation_id
 
 log = logging.getLogger("omnibus.invoke")
@@ -53,9 +53,10 @@ _RESULT_RETRY = RetryPolicy(
 )
 
 
-def results_topic(app_id: str) -> str:
-    """The topic on which the replies to ``app_id``'s async invocations arrive."""
-    return RESULTS_TOPIC_PREFIX + app_id
+def results_topic(app_id: str, namespace: str = "") -> str:
+    """The topic on which the replies to the async invocations of ``app_id`` in ``namespace``
+    arrive (one app id in two namespaces is two apps, each recording its own results)."""
+    return RESULTS_TOPIC_PREFIX + qualified_id(app_id, namespace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +107,11 @@ class AsyncClient:
         app_caller: AppCaller | None = None,
         has_app: bool = True,
         concurrency: int = 16,
+        namespace: str = "",
     ) -> None:
         self.broker = broker
         self.app_id = app_id
+        self.namespace = namespace  # the sidecar's own; "" or "default" is the default one
         self.results = results
         self.app_caller = app_caller  # set once the app channel is up; callbacks wait for it
         self.has_app = has_app
@@ -121,7 +124,7 @@ class AsyncClient:
         """Record the replies arriving for this app."""
         if self._subscription is None:
             self._subscription = await self.broker.subscribe(
-                results_topic(self.app_id), self.on_reply, self.options
+                results_topic(self.app_id, self.namespace), self.on_reply, self.options
             )
 
     async def stop(self) -> None:
@@ -151,7 +154,7 @@ class AsyncClient:
             await self.broker.submit(
                 async_topic(call.app_id, call.namespace),
                 Message(request.to_envelope().encode(), id=iid),
-                reply_to=results_topic(self.app_id),
+                reply_to=results_topic(self.app_id, self.namespace),
                 idempotency_key=iid,
             )
         except BaseException:

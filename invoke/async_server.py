@@ -1,9 +1,9 @@
 """The callee's side of async invocation: serve the app's async topic durably, call the app.
 
-Every sidecar of an app serves :func:`~invoke.call.async_topic` of its app id in the bus's
-*durable* mode, as group = the app id (replicas share the load; a request waits in the bus until
-an instance comes up).  For each request the app gets the caller's HTTP request as it was
-submitted, plus two headers:
+Every sidecar of an app serves :func:`~invoke.call.async_topic` of its app id and namespace in
+the bus's *durable* mode, as group = the app id (replicas share the load; a request waits in the
+bus until an instance comes up).  For each request the app gets the caller's HTTP request as it
+was submitted, plus two headers:
 
 - ``dapr-invocation-id``: the invocation id, the same on every redelivery, so the app can
   de-duplicate (delivery is at least once);
@@ -123,9 +123,12 @@ class AsyncServer:
         caller: AppCaller,
         results: Results,
         policy: AsyncPolicy | None = None,
+        *,
+        namespace: str = "",
     ) -> None:
         self.broker = broker
         self.app_id = app_id
+        self.namespace = namespace  # the sidecar's own; "" or "default" is the default one
         self.caller = caller
         self.results = results
         self.policy = policy or AsyncPolicy()
@@ -134,7 +137,7 @@ class AsyncServer:
     @property
     def topic(self) -> str:
         """The topic served."""
-        return async_topic(self.app_id)
+        return async_topic(self.app_id, self.namespace)
 
     async def start(self) -> None:
         """Serve the app's async topic."""
@@ -146,7 +149,7 @@ class AsyncServer:
                 mode=RequestMode.DURABLE,
                 replies=self.results.replies(self.app_id),
             )
-            log.info("serving async invocations of %s", self.app_id)
+            log.info("serving async invocations of %s on %s", self.app_id, self.topic)
 
     async def stop(self) -> None:
         """Stop taking invocations; those in flight finish within the broker's drain bound."""

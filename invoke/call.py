@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bus.envelope import Envelope, Headers
-from bus.errors import InvalidArgument
+from bus.errors import InvalidArgument, InvalidName
+from bus.message import validate_name
 
 CALL_TOPIC_PREFIX = "omnibus.invoke."
 ASYNC_TOPIC_PREFIX = "omnibus.invoke-async."
@@ -32,9 +33,10 @@ ASYNC_TOPIC_PREFIX = "omnibus.invoke-async."
 DEFAULT_NAMESPACE = "default"
 
 
-def _qualified(app_id: str, namespace: str) -> str:
-    # The default namespace (or none) keeps the bare app id, so topics stay those of a
-    # sidecar that never heard of namespaces; ``/`` cannot occur in an app id or a namespace.
+def qualified_id(app_id: str, namespace: str) -> str:
+    """``app_id`` as topics name it: ``<namespace>/<app_id>``, or the bare app id in the default
+    namespace (so topics stay those of a sidecar that never heard of namespaces); ``/``
+    cannot occur in an app id or a namespace."""
     if not namespace or namespace == DEFAULT_NAMESPACE:
         return app_id
     return f"{namespace}/{app_id}"
@@ -45,14 +47,30 @@ def same_namespace(a: str, b: str) -> bool:
     return (a or DEFAULT_NAMESPACE) == (b or DEFAULT_NAMESPACE)
 
 
+def validate_own_app_id(app_id: object) -> str:
+    """A sidecar's own app id: a valid name without dots, else :class:`InvalidName`.
+
+    In an invocation target a dot separates the app id from the namespace
+    (``app.namespace``), so a dotted app id could never be called; Dapr's self-hosted sidecar
+    refuses one at start-up for the same reason.
+    """
+    name = validate_name(app_id, "app id")
+    if "." in name:
+        raise InvalidName(
+            f"invalid app id {name!r}: an app id cannot contain dots "
+            "(in an invocation target, app.namespace, the dot separates the namespace)"
+        )
+    return name
+
+
 def call_topic(app_id: str, namespace: str = "") -> str:
     """The topic on which the sidecars of ``app_id`` in ``namespace`` serve sync invocations."""
-    return CALL_TOPIC_PREFIX + _qualified(app_id, namespace)
+    return CALL_TOPIC_PREFIX + qualified_id(app_id, namespace)
 
 
 def async_topic(app_id: str, namespace: str = "") -> str:
     """The topic on which the sidecars of ``app_id`` in ``namespace`` serve async invocations."""
-    return ASYNC_TOPIC_PREFIX + _qualified(app_id, namespace)
+    return ASYNC_TOPIC_PREFIX + qualified_id(app_id, namespace)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,13 @@
 """The callee's side of sync invocation: serve the app's call topic, call the app, reply.
 
-Every sidecar of an app serves :func:`~invoke.call.call_topic` of its app id in the bus's *call*
-mode: replicas compete for calls (at most once: a call whose server died is answered
-``REDELIVERED``, never run twice), a call whose caller gave up is skipped.  The request carries
-a :class:`~invoke.call.Call` envelope; the reply carries the app's :class:`~invoke.call.Reply`
-envelope, whatever its status.  When the app cannot be reached the :class:`AppUnreachable` the
-app caller raises becomes an error reply with code ``APP_UNREACHABLE`` and the reason, which the
-caller's sidecar turns into Dapr's 500 ``ERR_DIRECT_INVOKE``.
+Every sidecar of an app serves :func:`~invoke.call.call_topic` of its app id and namespace in the
+bus's *call* mode (one app id in two namespaces is two apps): replicas compete for calls (at most
+once: a call whose server died is answered ``REDELIVERED``, never run twice), a call whose caller
+gave up is skipped.  The request carries a :class:`~invoke.call.Call` envelope; the reply carries
+the app's :class:`~invoke.call.Reply` envelope, whatever its status.  When the app cannot be
+reached the :class:`AppUnreachable` the app caller raises becomes an error reply with code
+``APP_UNREACHABLE`` and the reason, which the caller's sidecar turns into Dapr's 500
+``ERR_DIRECT_INVOKE``.
 
 Started once the app channel is up; stopped at shutdown before the channel closes.
 """
@@ -42,9 +43,11 @@ class InvocationServer:
         caller: AppCaller,
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
+        namespace: str = "",
     ) -> None:
         self.broker = broker
         self.app_id = app_id
+        self.namespace = namespace  # the sidecar's own; "" or "default" is the default one
         self.caller = caller
         self.options = SubscriptionOptions(
             group=app_id,
@@ -57,7 +60,7 @@ class InvocationServer:
     @property
     def topic(self) -> str:
         """The topic served."""
-        return call_topic(self.app_id)
+        return call_topic(self.app_id, self.namespace)
 
     async def start(self) -> None:
         """Serve the app's call topic (announced in presence at once)."""
@@ -65,7 +68,7 @@ class InvocationServer:
             self._subscription = await self.broker.serve(
                 self.topic, self.reply, self.options, mode=RequestMode.CALL
             )
-            log.info("serving invocations of %s", self.app_id)
+            log.info("serving invocations of %s on %s", self.app_id, self.topic)
 
     async def stop(self) -> None:
         """Stop taking calls; calls in flight finish within the broker's drain bound."""

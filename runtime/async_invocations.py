@@ -107,6 +107,7 @@ class Invocations:
     store: StateStore
     broker: BaseBroker
     policy: AsyncPolicy
+    namespace: str = ""  # the sidecar's own: its async topic is that of this namespace
     server: AsyncServer | None = None
 
     async def submit(self, call: Call, request: Request) -> Response:
@@ -119,7 +120,14 @@ class Invocations:
         self.client.app_caller = caller
         if self.server is None:
             results = self.client.results
-            self.server = AsyncServer(self.broker, self.client.app_id, caller, results, self.policy)
+            self.server = AsyncServer(
+                self.broker,
+                self.client.app_id,
+                caller,
+                results,
+                self.policy,
+                namespace=self.namespace,
+            )
             await self.server.start()
 
     async def close(self) -> None:
@@ -165,20 +173,33 @@ def async_policy(
 
 
 async def start_invocations(
-    broker: BaseBroker, config: SidecarConfig, resources: Resources, home: Path
+    broker: BaseBroker,
+    config: SidecarConfig,
+    resources: Resources,
+    home: Path,
+    *,
+    namespace: str = "",
 ) -> Invocations:
     """Open the result store and start recording this app's results."""
     store = result_store(config.invocation_store, resources, home)
     await store.connect()
     try:
         results = Results(StateResultStore(store), config.invocation_results_ttl)
-        client = AsyncClient(broker, config.app_id, results, has_app=config.app_port is not None)
+        client = AsyncClient(
+            broker,
+            config.app_id,
+            results,
+            has_app=config.app_port is not None,
+            namespace=namespace,
+        )
         await client.start()
     except BaseException:
         await store.close()
         raise
     policy = async_policy(resources.resiliencies, config.app_id, config.app_max_concurrency)
-    return Invocations(client=client, store=store, broker=broker, policy=policy)
+    return Invocations(
+        client=client, store=store, broker=broker, policy=policy, namespace=namespace
+    )
 
 
 async def serve_async_invocations(state: SidecarState, channel: AppChannel) -> None:

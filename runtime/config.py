@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bus.errors import ConfigError, InvalidArgument
-from bus.message import validate_name
 from bus.options import parse_duration
+from invoke import validate_own_app_id
 
 DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
 DEFAULT_HTTP_PORT = 3500
@@ -108,7 +108,7 @@ class SidecarConfig:
 
     def __post_init__(self) -> None:
         try:
-            validate_name(self.app_id, "app id")
+            validate_own_app_id(self.app_id)
         except ValueError as exc:
             raise ConfigError(f"--app-id: {exc}") from exc
         for flag, port in (("--dapr-http-port", self.http_port), ("--app-port", self.app_port)):

@@ -98,6 +98,7 @@ class Sidecar:
             app_max_concurrency=config.app_max_concurrency,
             request_shutdown=self.stopping.set,
             instance=instance,
+            namespace=env.namespace,
         )
         self.system_bus = system_bus or choose_system_bus(
             config.bus,
@@ -199,7 +200,11 @@ class Sidecar:
         # async invocation: submissions and results before outbound-ready, the callee side
         # once the app is up
         self.state.invocations = await start_invocations(
-            self.system_bus.broker, self.config, self.resources, self.env.home
+            self.system_bus.broker,
+            self.config,
+            self.resources,
+            self.env.home,
+            namespace=self.env.namespace,
         )
         await self.pubsubs.connect()
         await self._announce()

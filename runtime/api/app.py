@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute
 from bus.broker import BaseBroker
 from components.specs import SubscriptionSpec
 from invoke.client import Invoker
+from invoke.server import InvocationServer
 from runtime.api import invocations as invocations_api
 from runtime.api import invoke as invoke_api
 from runtime.api import meta as meta_api
@@ -50,9 +51,11 @@ class SidecarState:
     app_ready: bool = False
     request_shutdown: Callable[[], None] = lambda: None
     instance: str = ""
+    namespace: str = ""  # NAMESPACE: the sidecar's own; "" is the default namespace
     bus: BaseBroker | None = None  # the system bus (runtime.system_bus), connected at start
     channel: AppChannel | None = None  # the app channel, once the app port is up
     invoker: Invoker | None = None  # service invocation (runtime.api.invoke)
+    invocation_server: InvocationServer | None = None  # the app's calls, once its channel is up
     invocations: Invocations | None = None  # async invocation (runtime.async_invocations)
     states: StateClient | None = None  # the state stores (runtime.states), set at start
 

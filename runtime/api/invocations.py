@@ -98,6 +98,7 @@ async def respond_async(client: AsyncClient, call: Call) -> Response:
         headers=call.headers.without(SIDECAR_HEADERS),
         body=call.body,
         caller=client.app_id,
+        namespace=call.namespace,
     )
     record, created = await client.submit(Submission(call, key, callback))
     if not created and (record.callee, record.method, record.verb) != (

@@ -27,6 +27,21 @@ id 404 ``ERR_DIRECT_INVOKE``; no running instance, the app not listening, a time
 ``ERR_DIRECT_INVOKE`` ("failed to invoke, id: X, err: ..."); a body over ``--max-body-size`` 413
 (the :class:`~runtime.api.guard.ApiGuard`).
 
+Namespaces, as Dapr's ``requestAppIDAndNamespace`` (``pkg/messaging/direct_messaging.go``): the
+target of every addressing form is split at its dots.  ``app`` is ``app`` in the caller sidecar's
+own namespace (``NAMESPACE``; unset or empty is the default namespace, as is ``default``);
+``app.ns`` is ``app`` in namespace ``ns``; more dots answer 500 ``ERR_DIRECT_INVOKE`` ("failed to
+invoke, id: a.b.c, err: invalid app id a.b.c").  A target with an empty part (``app.``, ``.ns``)
+answers the same: Dapr would look such an app up and find none, and omnibus reads an empty
+namespace as the default one, which the caller did not write.  A target starting with
+``http://`` or ``https://`` is not split (Dapr's external endpoints, which omnibus does not
+serve: it fails as an invalid app id).  Only the same app id in the same namespace is called
+directly; ``app.ns`` from a sidecar of ``app`` in another namespace crosses the bus.  The callee's
+app gets ``dapr-callee-app-id`` without the namespace, as in Dapr, and ``dapr-caller-namespace``,
+the caller sidecar's namespace, ``default`` when ``NAMESPACE`` is unset (Dapr's own default).
+Sidecars refuse a dotted ``--app-id`` at start-up (:func:`invoke.call.validate_own_app_id`), as
+Dapr's self-hosted sidecar does.
+
 ``Prefer: respond-async`` hands the call to the async invocations of ``state.invocations``.
 """
 
@@ -50,10 +65,10 @@ from bus.envelope import Headers
 from bus.message import validate_name
 from components.resiliency import CircuitBreaker, app_breaker, to_retry_policy
 from components.specs import ResiliencySpec, Resources
-from invoke.call import AppCaller, Call, Reply
-from invoke.client import NO_POLICY, InvokePolicy, Invoker, RetryRule
+from invoke.call import DEFAULT_NAMESPACE, AppCaller, Call, Reply
+from invoke.client import NO_POLICY, InvokePolicy, Invoker, RetryRule, failed_to_invoke
 from invoke.errors import AppUnreachable, InvokeError
-from invoke.server import DEFAULT_CONCURRENCY
+from invoke.server import DEFAULT_CONCURRENCY, InvocationServer
 from runtime.api.dapr_errors import ApiError, api_error
 from runtime.channel import AppChannel, AppUnavailable, is_hop_by_hop
 
@@ -143,16 +158,19 @@ class InvokeRoute(BaseRoute):
         target = find_target(request.scope)
         if target is None:
             raise ApiError(404, ERR_DIRECT_INVOKE, NO_APP_ID)
-        app_id, method = target
-        validate_name(app_id, "app id")
+        app_id, namespace = split_target(target[0], state.namespace)
+        headers = forward_headers(
+            request.scope, caller=state.app_id, callee=app_id, caller_namespace=state.namespace
+        )
         call = Call(
             app_id=app_id,
-            method=method,
+            method=target[1],
             verb=request.method.upper(),
             query=request.scope["query_string"].decode("latin-1"),
-            headers=forward_headers(request.scope, caller=state.app_id, callee=app_id),
+            headers=headers,
             body=await request.body(),
             caller=state.app_id,
+            namespace=namespace,
         )
         if "respond-async" in _preferences(request.headers.getlist("prefer")):
             if state.invocations is None:
@@ -179,6 +197,19 @@ def find_target(scope: Scope) -> tuple[str, str] | None:
         return None
     app_id = unquote(rest[:index])
     return (app_id, clean_path(rest[index + len(_METHOD_MARK) :])) if app_id else None
+
+
+def split_target(target: str, own_namespace: str) -> tuple[str, str]:
+    """The callee's app id and namespace in ``target`` (``app`` or ``app.namespace``; see the
+    module docstring); ApiError for more dots or an empty part, InvalidName for a bad name."""
+    if target.startswith(("http://", "https://")):
+        return validate_name(target, "app id"), own_namespace
+    parts = target.split(".")
+    if len(parts) == 1:
+        return validate_name(target, "app id"), own_namespace
+    if len(parts) > 2 or not all(parts):
+        raise ApiError(500, ERR_DIRECT_INVOKE, failed_to_invoke(target, f"invalid app id {target}"))
+    return validate_name(parts[0], "app id"), validate_name(parts[1], "namespace")
 
 
 def clean_path(path: str) -> str:
@@ -222,7 +253,9 @@ def _preferences(values: Iterable[str]) -> set[str]:
     }
 
 
-def forward_headers(scope: Scope, *, caller: str, callee: str) -> Headers:
+def forward_headers(
+    scope: Scope, *, caller: str, callee: str, caller_namespace: str = ""
+) -> Headers:
     """The headers the callee's app receives (see the module docstring)."""
     received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
     listed = {
@@ -241,6 +274,7 @@ def forward_headers(scope: Scope, *, caller: str, callee: str) -> Headers:
     host = given.get("host", "")
     proto = scope.get("scheme", "http")
     headers.add("dapr-caller-app-id", caller)
+    headers.add("dapr-caller-namespace", caller_namespace or DEFAULT_NAMESPACE)
     headers.add("dapr-callee-app-id", callee)
     headers.add("X-Forwarded-For", client[0])
     headers.add("X-Forwarded-Host", host)
@@ -307,7 +341,12 @@ def channel_caller(channel: AppChannel) -> AppCaller:
 
 def build_invoker(state: SidecarState, resources: Resources) -> Invoker:
     """The sidecar's invoker over its system bus, with the apps' Resiliency policies."""
-    return Invoker(state.bus, state.app_id, policies=app_policies(resources.resiliencies))
+    return Invoker(
+        state.bus,
+        state.app_id,
+        policies=app_policies(resources.resiliencies),
+        namespace=state.namespace,
+    )
 
 
 def app_policies(resiliencies: Sequence[ResiliencySpec]) -> Callable[[str], InvokePolicy]:
@@ -363,13 +402,27 @@ def _app_target(
 
 
 async def serve_invocations(state: SidecarState, channel: AppChannel, concurrency: int) -> None:
-    """Once the app channel is up: serve the app's invocations and call it directly for itself."""
-    if state.invoker is not None:
+    """Once the app channel is up: serve the app's invocations on the call topic of its app id
+    in the sidecar's namespace, and call the app directly for itself."""
+    if state.invoker is None:
+        return
+    caller = channel_caller(channel)
+    state.invoker.local = caller
+    if state.bus is not None and state.invocation_server is None:
         bound = concurrency if concurrency > 0 else DEFAULT_CONCURRENCY
-        await state.invoker.serve(channel_caller(channel), concurrency=bound)
+        server = InvocationServer(
+            state.bus, state.app_id, caller, concurrency=bound, namespace=state.namespace
+        )
+        await server.start()
+        state.invocation_server = server
 
 
 async def stop_invocations(state: SidecarState) -> None:
-    """At shutdown, before the app channel closes: stop taking invocations."""
+    """At shutdown, before the app channel closes: stop taking invocations (calls in flight
+    finish within the broker's drain bound)."""
+    server, state.invocation_server = state.invocation_server, None
     if state.invoker is not None:
+        state.invoker.local = None
         await state.invoker.close()
+    if server is not None:
+        await server.stop()

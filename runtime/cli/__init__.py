@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from bus.errors import InvalidName, OmnibusError
-from bus.message import validate_name
+from invoke import validate_own_app_id
 from runtime.cli.commands import add_bench, add_dlq, add_init, add_list, add_publish
 from runtime.cli.invocations import add_invocations
 from runtime.cli.invoke import add_invoke
@@ -146,7 +146,7 @@ def _port(text: str) -> int:
 
 def _app_id(text: str) -> str:
     try:
-        return validate_name(text, "app id")
+        return validate_own_app_id(text)
     except InvalidName as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
