@@ -11,7 +11,8 @@
   as is.  ``matching.httpStatusCodes`` restricts which statuses are retried, and
   ``matching.gRPCStatusCodes`` which transport failures (by the gRPC code a Dapr sidecar pair
   would see: 14 Unavailable, 4 DeadlineExceeded); a list left out retries every failure of its
-  kind.  Without a retry policy a call is attempted once.
+  kind.  Without a retry policy a call is attempted once.  The policy of a callee in another
+  namespace is that of ``<app-id>.<namespace>``, the target as the caller writes it.
 
 A call already taken by a callee whose sidecar then dies fails fast too.  While remote calls to a
 topic are pending, one watcher per topic (never one per call; a call adds no lookup of its own to
@@ -49,7 +50,7 @@ from bus.errors import (
 from bus.message import Message
 from bus.options import RetryPolicy
 from bus.presence import HEARTBEAT_INTERVAL, SERVICE
-from invoke.call import AppCaller, Call, Reply, call_topic, same_namespace
+from invoke.call import DEFAULT_NAMESPACE, AppCaller, Call, Reply, call_topic, same_namespace
 from invoke.errors import (
     APP_UNREACHABLE,
     AppUnreachable,
@@ -238,7 +239,7 @@ class Invoker:
         self.local = caller
         if self.broker is not None and self._server is None:
             self._server = InvocationServer(
-                self.broker, self.app_id, caller, concurrency=concurrency
+                self.broker, self.app_id, caller, concurrency=concurrency, namespace=self.namespace
             )
             await self._server.start()
 
@@ -252,7 +253,7 @@ class Invoker:
 
     async def invoke(self, call: Call, timeout: float | None = None) -> Reply:
         """The callee's reply to ``call`` (any status), or an :class:`InvokeError`."""
-        policy = self.policies(call.app_id)
+        policy = self.policies(self._target(call))
         per_attempt = policy.timeout or timeout or self.default_timeout
         attempt = 1
         while True:
@@ -280,6 +281,13 @@ class Invoker:
         if self.broker is None:
             raise NoInstance(failed_to_invoke(call.app_id, "no system bus to reach other apps"))
         return await self._call_remote(self.broker, call, timeout)
+
+    def _target(self, call: Call) -> str:
+        """The callee as a Resiliency ``targets.apps`` key: its app id, with ``.<namespace>``
+        when that is not this sidecar's (as a caller writes it)."""
+        if same_namespace(call.namespace, self.namespace):
+            return call.app_id
+        return f"{call.app_id}.{call.namespace or DEFAULT_NAMESPACE}"
 
     def _is_own(self, call: Call) -> bool:
         return call.app_id == self.app_id and same_namespace(call.namespace, self.namespace)

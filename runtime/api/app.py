@@ -20,7 +20,6 @@ from starlette.routing import BaseRoute
 from bus.broker import BaseBroker
 from components.specs import SubscriptionSpec
 from invoke.client import Invoker
-from invoke.server import InvocationServer
 from runtime.api import invocations as invocations_api
 from runtime.api import invoke as invoke_api
 from runtime.api import meta as meta_api
@@ -55,7 +54,6 @@ class SidecarState:
     bus: BaseBroker | None = None  # the system bus (runtime.system_bus), connected at start
     channel: AppChannel | None = None  # the app channel, once the app port is up
     invoker: Invoker | None = None  # service invocation (runtime.api.invoke)
-    invocation_server: InvocationServer | None = None  # the app's calls, once its channel is up
     invocations: Invocations | None = None  # async invocation (runtime.async_invocations)
     states: StateClient | None = None  # the state stores (runtime.states), set at start
 

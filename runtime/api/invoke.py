@@ -68,7 +68,7 @@ from components.specs import ResiliencySpec, Resources
 from invoke.call import DEFAULT_NAMESPACE, AppCaller, Call, Reply
 from invoke.client import NO_POLICY, InvokePolicy, Invoker, RetryRule, failed_to_invoke
 from invoke.errors import AppUnreachable, InvokeError
-from invoke.server import DEFAULT_CONCURRENCY, InvocationServer
+from invoke.server import DEFAULT_CONCURRENCY
 from runtime.api.dapr_errors import ApiError, api_error
 from runtime.channel import AppChannel, AppUnavailable, is_hop_by_hop
 
@@ -402,27 +402,14 @@ def _app_target(
 
 
 async def serve_invocations(state: SidecarState, channel: AppChannel, concurrency: int) -> None:
-    """Once the app channel is up: serve the app's invocations on the call topic of its app id
-    in the sidecar's namespace, and call the app directly for itself."""
-    if state.invoker is None:
-        return
-    caller = channel_caller(channel)
-    state.invoker.local = caller
-    if state.bus is not None and state.invocation_server is None:
+    """Once the app channel is up: serve the app's invocations (on the call topic of its app id in
+    the sidecar's namespace) and call it directly for itself."""
+    if state.invoker is not None:
         bound = concurrency if concurrency > 0 else DEFAULT_CONCURRENCY
-        server = InvocationServer(
-            state.bus, state.app_id, caller, concurrency=bound, namespace=state.namespace
-        )
-        await server.start()
-        state.invocation_server = server
+        await state.invoker.serve(channel_caller(channel), concurrency=bound)
 
 
 async def stop_invocations(state: SidecarState) -> None:
-    """At shutdown, before the app channel closes: stop taking invocations (calls in flight
-    finish within the broker's drain bound)."""
-    server, state.invocation_server = state.invocation_server, None
+    """At shutdown, before the app channel closes: stop taking invocations."""
     if state.invoker is not None:
-        state.invoker.local = None
         await state.invoker.close()
-    if server is not None:
-        await server.stop()

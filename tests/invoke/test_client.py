@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -200,3 +200,19 @@ async def test_redelivered_or_broken_replies_are_invoke_errors(
     await brokers[1].serve(call_topic("orders"), garbage, SubscriptionOptions(group="orders"))
     with pytest.raises(InvokeError, match="failed to invoke, id: orders"):
         await Invoker(brokers[0], "checkout").invoke(_call())
+
+
+async def test_the_policy_of_a_callee_in_another_namespace_is_its_qualified_id() -> None:
+    asked: list[str] = []
+
+    def policies(target: str) -> InvokePolicy:
+        asked.append(target)
+        return InvokePolicy()
+
+    app = ScriptedApp([200])
+    invoker = Invoker(None, "orders", local=app, policies=policies, namespace="prod")
+    await invoker.invoke(replace(_call(), namespace="prod"))  # its own: a bare id
+    for namespace in ("", "default", "staging"):  # no bus: other namespaces are out of reach
+        with pytest.raises(NoInstance):
+            await invoker.invoke(replace(_call(), namespace=namespace))
+    assert asked == ["orders", "orders.default", "orders.default", "orders.staging"]
