@@ -112,6 +112,8 @@ class AsyncClient:
         self.broker = broker
         self.app_id = app_id
         self.namespace = namespace  # the sidecar's own; "" or "default" is the default one
+        # Whose records these are in the result store: one app id in two namespaces is two apps.
+        self.owner = qualified_id(app_id, namespace)
         self.results = results
         self.app_caller = app_caller  # set once the app channel is up; callbacks wait for it
         self.has_app = has_app
@@ -136,11 +138,11 @@ class AsyncClient:
     async def submit(self, submission: Submission) -> tuple[InvocationRecord, bool]:
         """Record and submit; ``(record, True)``, or the existing invocation and False."""
         call = submission.call
-        iid = invocation_id(self.app_id, submission.idempotency_key)
+        iid = invocation_id(self.owner, submission.idempotency_key)
         record = InvocationRecord(
             id=iid,
-            caller=self.app_id,
-            callee=call.app_id,
+            caller=self.owner,
+            callee=call.target,
             method=call.method,
             verb=call.verb,
             callback=submission.callback,
@@ -159,7 +161,7 @@ class AsyncClient:
             )
         except BaseException:
             try:
-                await self.results.delete(self.app_id, iid)
+                await self.results.delete(self.owner, iid)
             except Exception:
                 log.warning("cannot remove the record of failed submission %s", iid, exc_info=True)
             raise
@@ -167,11 +169,11 @@ class AsyncClient:
 
     async def get(self, iid: str) -> InvocationRecord | None:
         """The record of one of this app's invocations."""
-        return await self.results.get(self.app_id, iid)
+        return await self.results.get(self.owner, iid)
 
     async def list(self) -> list[InvocationRecord]:
         """This app's invocations, oldest first."""
-        return await self.results.list(self.app_id)
+        return await self.results.list(self.owner)
 
     async def cancel(self, iid: str) -> InvocationRecord | None:
         """Cancel a pending invocation; the record as it is afterwards (None if unknown)."""
@@ -181,7 +183,7 @@ class AsyncClient:
                 return None
             return replace(record, status=Status.CANCELLED, finished=time.time())
 
-        return await self.results.update(self.app_id, iid, cancelled)
+        return await self.results.update(self.owner, iid, cancelled)
 
     async def on_reply(self, reply: Message) -> Outcome:
         """Record one reply; RETRY while its callback has not been delivered."""
@@ -201,7 +203,7 @@ class AsyncClient:
                 record, status=status, response=response, finished=time.time(), attempts=attempts
             )
 
-        record = await self.results.update(self.app_id, reply.id, finished)
+        record = await self.results.update(self.owner, reply.id, finished)
         if record is None:
             log.info("discarding the result of unknown or expired invocation %s", reply.id)
             return Outcome.SUCCESS
@@ -245,5 +247,5 @@ class AsyncClient:
                 "callback %s of %s answered %d; retrying", call.method, record.id, answer.status
             )
             return Outcome.RETRY
-        await self.results.update(self.app_id, record.id, lambda r: replace(r, callback_done=True))
+        await self.results.update(self.owner, record.id, lambda r: replace(r, callback_done=True))
         return Outcome.SUCCESS

@@ -49,7 +49,7 @@ from bus.envelope import Envelope
 from bus.message import Message
 from bus.options import RetryPolicy, SubscriptionOptions
 from bus.rpc import RequestMode
-from invoke.call import AppCaller, Call, Reply, async_topic
+from invoke.call import AppCaller, Call, Reply, async_topic, qualified_id
 from invoke.errors import AppUnreachable, InvokeError
 from invoke.results import Results, Status
 
@@ -147,7 +147,7 @@ class AsyncServer:
                 self.reply,
                 self.policy.options(self.app_id),
                 mode=RequestMode.DURABLE,
-                replies=self.results.replies(self.app_id),
+                replies=self.results.replies(qualified_id(self.app_id, self.namespace)),
             )
             log.info("serving async invocations of %s on %s", self.app_id, self.topic)
 

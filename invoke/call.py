@@ -87,6 +87,14 @@ class Call:
     invocation_id: str | None = None
     namespace: str = ""  # the callee's; "" or "default" is the default namespace
 
+    @property
+    def target(self) -> str:
+        """The callee as Dapr writes a target: ``app-id``, or ``app-id.namespace`` outside the
+        default namespace."""
+        if not self.namespace or self.namespace == DEFAULT_NAMESPACE:
+            return self.app_id
+        return f"{self.app_id}.{self.namespace}"
+
     def to_envelope(self) -> Envelope:
         """The request envelope that carries this call on the bus."""
         attributes = {

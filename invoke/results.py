@@ -15,6 +15,11 @@ the results TTL (default 24 h) from its last write:
                                                (namespace "done": the bus's Replies record,
                                                shared by every replica of the callee)
 
+``<caller app>`` and ``<callee>`` are app ids, as ``<namespace>/<app-id>`` outside the default
+namespace (:func:`~invoke.call.qualified_id`), so one app id in two namespaces sharing a store keeps
+two sets of records; ids derived from an idempotency key include it too.  A record's ``callee``
+is the target as Dapr writes it (``app-id`` or ``app-id.namespace``).
+
 A record is JSON ``{"id", "caller", "callee", "method", "verb", "status", "created", "finished",
 "attempts", "callback", "callbackDone", "key", "response": {"status", "headers": [[name, value]],
 "body": base64} | null}``; times are seconds since the epoch.  Status changes go through

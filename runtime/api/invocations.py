@@ -102,7 +102,7 @@ async def respond_async(client: AsyncClient, call: Call) -> Response:
     )
     record, created = await client.submit(Submission(call, key, callback))
     if not created and (record.callee, record.method, record.verb) != (
-        call.app_id,
+        call.target,
         call.method,
         call.verb,
     ):

@@ -342,3 +342,44 @@ async def test_results_reach_the_caller_in_its_own_namespace(world: World) -> No
 
     await eventually(all_done)
     assert len(app.calls) == 6
+
+
+async def test_one_app_id_in_two_namespaces_keeps_its_own_records_on_a_shared_store(
+    world: World,
+) -> None:
+    # Given callers "checkout" in the default namespace and in prod on ONE result store (the
+    # machine's default), and callee "callee" in both namespaces on that store too
+    broker = await world.broker()
+    results = Results(StateResultStore(MemoryStore("shared")), ttl=60)
+    apps = {namespace: NamedApp(namespace or "default") for namespace in ("", "prod")}
+    clients: dict[str, AsyncClient] = {}
+    for namespace, app in apps.items():
+        server = AsyncServer(broker, "callee", app, results, AsyncPolicy(), namespace=namespace)
+        await server.start()
+        world.servers.append(server)
+        client = AsyncClient(broker, "checkout", results, namespace=namespace)
+        await client.start()
+        world.clients.append(client)
+        clients[namespace] = client
+    # When each submits to the callee of its own namespace with the same idempotency key
+    records = {}
+    for namespace, client in clients.items():
+        call_ = Call("callee", "x", "POST", "", Headers(), b"", "checkout", namespace=namespace)
+        records[namespace], created = await client.submit(Submission(call_, "order-1"))
+        assert created
+
+    # Then they are two invocations, each run by its own namespace's app and listed by its caller
+    assert records[""].id != records["prod"].id
+    assert (records[""].callee, records["prod"].callee) == ("callee", "callee.prod")
+
+    async def both_done() -> bool:
+        found = [await c.get(records[n].id) for n, c in clients.items()]
+        return all(r is not None and r.final for r in found)
+
+    await eventually(both_done)
+    for namespace, client in clients.items():
+        record = await client.get(records[namespace].id)
+        assert record is not None and record.response is not None
+        assert record.response.body == apps[namespace].name.encode()
+        assert [r.id for r in await client.list()] == [records[namespace].id]
+        assert len(apps[namespace].calls) == 1
