@@ -15,6 +15,9 @@ from urllib.parse import parse_qsl, unquote, urlencode
 
 from state.errors import StateError
 
+# Told of the rows a purge deleted: the connection, their (key, etag) and the purge's time.
+Expired = Callable[[sqlite3.Connection, list[tuple[str, str]], str], None]
+
 if TYPE_CHECKING:
     from state.sqlite import SqliteSettings
 
@@ -146,8 +149,9 @@ class Database:
             "(store TEXT NOT NULL PRIMARY KEY, relay TEXT NOT NULL, expires REAL NOT NULL)"
         )
 
-    def purge(self, interval_ms: int) -> bool:
-        """Dapr's garbage collection: claim "last-cleanup" if it is older, then delete expired."""
+    def purge(self, interval_ms: int, on_expired: Expired | None = None) -> bool:
+        """Dapr's garbage collection: claim "last-cleanup" if it is older, then delete expired
+        rows; ``on_expired`` gets their ``(key, etag)`` and the time, in the same transaction."""
         meta, table = self.settings.metadata_table, self.settings.table
         self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -158,11 +162,14 @@ class Database:
                 (interval_ms,),
             ).rowcount
             if claimed:
-                self.conn.execute(
+                now = timestamp()
+                expired = self.conn.execute(
                     f"DELETE FROM {table} WHERE expiration_time IS NOT NULL "
-                    "AND expiration_time < ?",
-                    (timestamp(),),
-                )
+                    "AND expiration_time < ? RETURNING key, etag",
+                    (now,),
+                ).fetchall()
+                if on_expired is not None and expired:
+                    on_expired(self.conn, expired, now)
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise

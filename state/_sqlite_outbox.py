@@ -9,9 +9,10 @@ the record it published.  Every function here runs inside the group commit's ``B
 (:meth:`state._sqlite_db.Database.run_batch`), so the lease's read-then-write is atomic across
 every process sharing the file.
 
-:func:`purge_recorded` is the purge of a store with a change feed: Dapr's claim of
-"last-cleanup" (as :meth:`~state._sqlite_db.Database.purge`), then ``DELETE ... RETURNING`` of the
-rows expired at that moment and an ``expire`` record for each, in one ``BEGIN IMMEDIATE``.
+:func:`record_expired` is what the purge of a store with a change feed adds
+(:meth:`~state._sqlite_db.Database.purge`: Dapr's claim of "last-cleanup", then ``DELETE ...
+RETURNING`` of the rows expired at that moment): an ``expire`` record for each, in the purge's
+``BEGIN IMMEDIATE``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Literal
 
-from state._sqlite_db import from_timestamp, timestamp
+from state._sqlite_db import from_timestamp
 from state.feed import expiry_journal
 from state.store import Journal, RecordedChange
 
@@ -48,32 +49,17 @@ def record(
     )
 
 
-def purge_recorded(
-    conn: sqlite3.Connection, table: str, meta: str, store: str, interval_ms: int
-) -> bool:
-    """Delete the expired rows with an ``expire`` record each, unless a purge ran lately."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        claimed = conn.execute(
-            f"INSERT INTO {meta} (key, value) VALUES ('last-cleanup', CURRENT_TIMESTAMP) "
-            "ON CONFLICT (key) DO UPDATE SET value = CURRENT_TIMESTAMP "
-            "WHERE (unixepoch(CURRENT_TIMESTAMP) - unixepoch(value)) * 1000 > ?",
-            (interval_ms,),
-        ).rowcount
-        if claimed:
-            now = timestamp()
-            expired = conn.execute(
-                f"DELETE FROM {table} WHERE expiration_time IS NOT NULL "
-                "AND expiration_time < ? RETURNING key, etag",
-                (now,),
-            ).fetchall()
-            for key, etag in expired:
-                record(conn, table, store, expiry_journal(key), "expire", now=now, etag=etag)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return bool(claimed)
+def record_expired(
+    conn: sqlite3.Connection,
+    expired: Sequence[tuple[str, str]],
+    now: str,
+    *,
+    table: str,
+    store: str,
+) -> None:
+    """An ``expire`` record for each row a purge deleted, in the purge's transaction."""
+    for key, etag in expired:
+        record(conn, table, store, expiry_journal(key), "expire", now=now, etag=etag)
 
 
 def claim(

@@ -29,7 +29,7 @@ Storage layout (the same file means the same to Dapr and to omnibus)::
 Rows past their expiration_time are invisible at once and deleted by a purge every
 ``cleanupInterval`` (default 1 h; 0 disables), which, as in Dapr, runs only if no process sharing
 the file purged within the interval; with a change feed the purge records an ``expire`` for
-each row it deletes, in its transaction (:func:`state._sqlite_outbox.purge_recorded`).  Times
+each row it deletes, in its transaction (:func:`state._sqlite_outbox.record_expired`).  Times
 carry milliseconds (Dapr writes whole seconds; both compare correctly as text).
 All sqlite3 calls of a store run on one worker thread of its own.
 Writes are group-committed: the saves, deletes and transactions waiting while the worker commits
@@ -218,11 +218,10 @@ class SqliteStore(StoreLifecycle):
     async def purge_expired(self) -> bool:
         """Delete expired rows unless a purge ran within the interval; True if this one ran."""
         s, interval_ms = self.settings, int(self.settings.cleanup_interval * 1000) - 100
-        if not s.record_expiry:
-            return await self._run(lambda: self._database.purge(interval_ms))
-        conn = self._database.conn
-        purge = partial(outbox.purge_recorded, conn, s.table, s.metadata_table, self.name)
-        return await self._run(purge, interval_ms)
+        on_expired = None
+        if s.record_expiry:
+            on_expired = partial(outbox.record_expired, table=s.table, store=self.name)
+        return await self._run(self._database.purge, interval_ms, on_expired)
 
     # -- group commit and the worker thread ------------------------------------------------------
 
