@@ -1,7 +1,9 @@
 """Dapr resource files -> :class:`~components.specs.Resources`, filtered for one app id.
 
 Every ``*.yaml``/``*.yml`` file directly inside each resources path (a file path is read as is),
-in name order, each possibly holding several ``---``-separated documents.  Kinds read:
+in name order, each possibly holding several ``---``-separated documents.  Field names match in
+any case, as Dapr reads its YAML through Go's JSON decoder (``pubsubName`` is ``pubsubname``; a
+spelling that occurs twice is decoded in turn, as Go does).  Kinds read:
 
 - ``Component`` (``dapr.io/v1alpha1``): ``metadata.name``, ``spec.type``, ``spec.version``
   (default ``v1``), ``spec.metadata: [{name, value | secretKeyRef: {name, key}}]``, ``scopes``.
@@ -144,7 +146,7 @@ class _Loader:
             raise ConfigError(f"{file}: invalid YAML: {_yaml_problem(exc)}") from exc
         for index, doc in enumerate(docs):
             source = str(file) if len(docs) == 1 else f"{file} (document {index + 1})"
-            self.load_document(Field(source, "", doc))
+            self.load_document(Field(source, "", doc, go_json=True))
 
     def load_document(self, doc: Field) -> None:
         if not doc.present:

@@ -540,3 +540,22 @@ def test_raw_payload_reads_dapr_s_boolean_vocabulary(value: str, raw: bool) -> N
 def test_a_raw_payload_that_is_no_boolean_fails_at_load() -> None:
     with pytest.raises(ConfigError, match="rawPayload: expected a boolean"):
         SubscriptionSpec("pubsub", "orders", Routes(default="/o"), metadata={"rawPayload": "maybe"})
+
+
+def test_field_names_of_resource_files_match_in_any_case_as_dapr_s_decoder(
+    tmp_path: Path,
+) -> None:
+    # Dapr reads resource YAML through Go's JSON decoder: `pubsubName`, `Topic`, `Spec` all work
+    text = (
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: mem}\n"
+        "Spec: {Type: pubsub.in-memory}\n---\n"
+        "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata: {name: s}\n"
+        "spec: {pubsubName: mem, Topic: orders, Routes: {Default: /orders},"
+        " DeadLetterTopic: dead, metadata: {rawPayload: 'true'}}\n"
+    )
+    resources = load_text(tmp_path, text)
+    assert [(c.name, c.type) for c in resources.components] == [("mem", "pubsub.in-memory")]
+    (sub,) = resources.subscriptions
+    assert (sub.pubsubname, sub.topic, sub.dead_letter_topic) == ("mem", "orders", "dead")
+    assert sub.routes.default == "/orders"
+    assert sub.metadata == {"rawPayload": "true"}
