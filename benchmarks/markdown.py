@@ -100,6 +100,9 @@ figure includes the cost of sharing them; ratios compare figures taken in the sa
    (32 enqueuers; a worker running 32 jobs at once with 10 ms polls, each job POSTing the payload
    to the same app), until every result is fetched. arq is not in the bench extra (its
    `redis<6` pin conflicts with omnibus's redis): `pip install --no-deps arq` to measure it.
+   Sync invocation is also held against FastStream's request/reply on the same broker, as the
+   run's request/reply scenario measured it (bus only, 64 calls in flight against the
+   invocation's 32, its p50 of one call at a time against the invocation's at the fixed rate).
 
 `--profile` runs py-spy on the sidecars during the ingest, end-to-end and fixed-rate phases
 (collapsed stacks `profile-<backend>-<phase>-<role>.txt` in the results directory, summaries

@@ -405,3 +405,19 @@ async def test_soak_scenario_on_sqlite(tmp_path: Path) -> None:
         assert measurement["details"]["samples"] >= 8 and measurement["details"]["baseline"] > 0
     plot = Path(document["checks"]["soak_plots"]["sqlite"])
     assert plot.parent == tmp_path / "results" and plot.stat().st_size > 0
+
+
+def test_sync_invocation_is_held_against_faststream_request_reply_on_redis() -> None:
+    measurements = [
+        Measurement("invoke", "redis", "calls/s (32 in flight)", 5000.0, "calls/s"),
+        Measurement("invoke", "redis", "p50", 1.0, "ms"),
+        Measurement("invoke", "rabbitmq", "p50", 2.0, "ms"),
+        Measurement("rpc", "faststream-redis", "calls/s (64 in flight)", 700.0, "calls/s"),
+        Measurement("rpc", "faststream-redis", "p50", 0.8, "ms"),
+        Measurement("rpc", "faststream-rabbit", "p50", 1.5, "ms"),
+    ]
+    rows = {(r["subject"], r["variant"], r["baseline"]): r for r in figure_rows(measurements)}
+    rate = rows[("redis", "calls/s (32 in flight)", "faststream-redis/calls/s (64 in flight)")]
+    assert rate["met"] is True and rate["ratio"] == pytest.approx(5000 / 700)
+    assert rows[("redis", "p50", "faststream-redis/p50")]["met"] is False  # 1.0 ms > 0.8 ms
+    assert rows[("rabbitmq", "p50", "faststream-rabbit/p50")]["goal"] is None  # shown, not judged
