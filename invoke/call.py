@@ -33,11 +33,16 @@ ASYNC_TOPIC_PREFIX = "omnibus.invoke-async."
 DEFAULT_NAMESPACE = "default"
 
 
+def is_default_namespace(namespace: str) -> bool:
+    """True for the default namespace, written ``default`` or left empty."""
+    return not namespace or namespace == DEFAULT_NAMESPACE
+
+
 def qualified_id(app_id: str, namespace: str) -> str:
     """``app_id`` as topics name it: ``<namespace>/<app_id>``, or the bare app id in the default
     namespace (so topics stay those of a sidecar that never heard of namespaces); ``/``
     cannot occur in an app id or a namespace."""
-    if not namespace or namespace == DEFAULT_NAMESPACE:
+    if is_default_namespace(namespace):
         return app_id
     return f"{namespace}/{app_id}"
 
@@ -91,7 +96,7 @@ class Call:
     def target(self) -> str:
         """The callee as Dapr writes a target: ``app-id``, or ``app-id.namespace`` outside the
         default namespace."""
-        if not self.namespace or self.namespace == DEFAULT_NAMESPACE:
+        if is_default_namespace(self.namespace):
             return self.app_id
         return f"{self.app_id}.{self.namespace}"
 
@@ -106,7 +111,7 @@ class Call:
         }
         if self.invocation_id is not None:
             attributes["iid"] = self.invocation_id
-        if self.namespace and self.namespace != DEFAULT_NAMESPACE:
+        if not is_default_namespace(self.namespace):
             attributes["ns"] = self.namespace
         return Envelope(headers=self.headers, body=self.body, attributes=attributes)
 
