@@ -134,6 +134,27 @@ async def callee_broker(hub: MemoryHub) -> AsyncIterator[FreezingBroker]:
     await broker.close()
 
 
+@dataclass
+class Held:
+    """A callee ``orders`` whose app holds every call, and an invoker of ``checkout``."""
+
+    app: HangingApp
+    invoker: Invoker
+
+
+@pytest.fixture
+async def held(caller_broker: CountingBroker, callee_broker: FreezingBroker) -> AsyncIterator[Held]:
+    app = HangingApp()
+    callee = await _serve(callee_broker, "orders", app)
+    invoker = Invoker(caller_broker, "checkout", presence_interval=POLL)
+    try:
+        yield Held(app, invoker)
+    finally:
+        app.release.set()
+        await invoker.close()
+        await callee.close()
+
+
 async def test_a_taken_call_fails_at_once_when_its_server_withdraws(
     make_broker: MakeBroker,
 ) -> None:
@@ -160,21 +181,15 @@ async def test_a_taken_call_fails_at_once_when_its_server_withdraws(
 
 
 async def test_an_expired_entry_fails_the_call(
-    hub: MemoryHub, caller_broker: CountingBroker, callee_broker: FreezingBroker
+    hub: MemoryHub, callee_broker: FreezingBroker, held: Held
 ) -> None:
     # Given a call taken by a callee whose sidecar then stops beating, its entry expired
-    app = HangingApp()
-    callee = await _serve(callee_broker, "orders", app)
-    invoker = Invoker(caller_broker, "checkout", presence_interval=POLL)
-    pending = asyncio.create_task(invoker.invoke(_call(), timeout=30))
-    await eventually(lambda: app.taken == 1)
+    pending = asyncio.create_task(held.invoker.invoke(_call(), timeout=30))
+    await eventually(lambda: held.app.taken == 1)
     _expire(hub, callee_broker)
     # Then the call fails with NoInstance, which the HTTP layer answers 500 ERR_DIRECT_INVOKE
     with pytest.raises(NoInstance, match=GONE):
         await asyncio.wait_for(pending, timeout=5)
-    app.release.set()
-    await invoker.close()
-    await callee.close()
 
 
 async def test_calls_to_a_live_topic_are_not_failed(
@@ -212,12 +227,10 @@ async def test_calls_to_a_live_topic_are_not_failed(
 
 
 async def test_one_watcher_per_topic_and_none_once_nothing_is_pending(
-    caller_broker: CountingBroker, callee_broker: FreezingBroker
+    caller_broker: CountingBroker, callee_broker: FreezingBroker, held: Held
 ) -> None:
     # Given calls answered within one poll interval: they cost no lookup
-    app = HangingApp()
-    callee = await _serve(callee_broker, "orders", app)
-    invoker = Invoker(caller_broker, "checkout", presence_interval=POLL)
+    app, invoker = held.app, held.invoker
     app.release.set()
     for _ in range(10):
         assert (await invoker.invoke(_call())).status == 200
@@ -238,17 +251,13 @@ async def test_one_watcher_per_topic_and_none_once_nothing_is_pending(
     seen = caller_broker.lookups
     await asyncio.sleep(5 * POLL)
     assert caller_broker.lookups == seen
-    await invoker.close()
-    await callee.close()
 
 
 async def test_close_cancels_the_watcher_and_calls_keep_their_time_out(
-    caller_broker: CountingBroker, callee_broker: FreezingBroker
+    caller_broker: CountingBroker, callee_broker: FreezingBroker, held: Held
 ) -> None:
     # Given a pending call and its watcher
-    app = HangingApp()
-    callee = await _serve(callee_broker, "orders", app)
-    invoker = Invoker(caller_broker, "checkout", presence_interval=POLL)
+    app, invoker = held.app, held.invoker
     pending = asyncio.create_task(invoker.invoke(_call(), timeout=1.0))
     await eventually(lambda: app.taken == 1)
     assert len(_watchers()) == 1
@@ -261,19 +270,16 @@ async def test_close_cancels_the_watcher_and_calls_keep_their_time_out(
     with pytest.raises(InvokeTimeout):
         await asyncio.wait_for(pending, timeout=5)
     assert caller_broker.lookups == seen
-    app.release.set()
-    await callee.close()
 
 
 async def test_a_watcher_that_cannot_look_up_fails_nothing(
     caller_broker: CountingBroker,
     callee_broker: FreezingBroker,
     caplog: pytest.LogCaptureFixture,
+    held: Held,
 ) -> None:
     # Given a pending call whose callee went away while the bus cannot be asked
-    app = HangingApp()
-    callee = await _serve(callee_broker, "orders", app)
-    invoker = Invoker(caller_broker, "checkout", presence_interval=POLL)
+    app, invoker = held.app, held.invoker
     pending = asyncio.create_task(invoker.invoke(_call(), timeout=30))
     await eventually(lambda: app.taken == 1)
     caller_broker.down = True
@@ -288,46 +294,33 @@ async def test_a_watcher_that_cannot_look_up_fails_nothing(
     caller_broker.down = False
     with pytest.raises(NoInstance, match=GONE):
         await asyncio.wait_for(pending, timeout=5)
-    app.release.set()
-    await invoker.close()
-    await callee.close()
 
 
 @pytest.mark.parametrize(("codes", "attempts"), [(frozenset({14}), 3), (frozenset({4}), 1)])
 async def test_resiliency_retries_it_as_unavailable(
-    caller_broker: CountingBroker,
-    callee_broker: FreezingBroker,
-    codes: frozenset[int],
-    attempts: int,
+    callee_broker: FreezingBroker, held: Held, codes: frozenset[int], attempts: int
 ) -> None:
     # A call failed because its callee went away is gRPC 14 (Unavailable), as NoInstance is.
-    app = HangingApp()
-    callee = await _serve(callee_broker, "orders", app)
     breaker = RecordingBreaker()
     retry = RetryRule(
         RetryPolicy(max_attempts=3, initial_interval=0.01, max_interval=0.01, jitter=0.0),
         grpc_codes=codes,
     )
     policy = InvokePolicy(retry=retry, breaker=breaker)
-    invoker = Invoker(caller_broker, "checkout", policies=lambda _: policy, presence_interval=POLL)
-    pending = asyncio.create_task(invoker.invoke(_call(), timeout=30))
-    await eventually(lambda: app.taken == 1)
+    held.invoker.policies = lambda _: policy
+    pending = asyncio.create_task(held.invoker.invoke(_call(), timeout=30))
+    await eventually(lambda: held.app.taken == 1)
     await _withdraw(callee_broker, "orders")
     with pytest.raises(NoInstance):
         await asyncio.wait_for(pending, timeout=10)
     assert breaker.outcomes == [False] * attempts
-    app.release.set()
-    await invoker.close()
-    await callee.close()
 
 
 async def test_a_caller_cancelled_meanwhile_is_cancelled_and_the_others_fail(
-    caller_broker: CountingBroker, callee_broker: FreezingBroker
+    caller_broker: CountingBroker, callee_broker: FreezingBroker, held: Held
 ) -> None:
     # Given two calls pending to one app whose last instance goes away
-    app = HangingApp()
-    callee = await _serve(callee_broker, "orders", app)
-    invoker = Invoker(caller_broker, "checkout", presence_interval=POLL)
+    app, invoker = held.app, held.invoker
     first = asyncio.create_task(invoker.invoke(_call(), timeout=30))
     second = asyncio.create_task(invoker.invoke(_call(), timeout=30))
     await eventually(lambda: app.taken == 2)
@@ -339,6 +332,3 @@ async def test_a_caller_cancelled_meanwhile_is_cancelled_and_the_others_fail(
         await asyncio.wait_for(first, timeout=5)
     with pytest.raises(NoInstance, match=GONE):
         await asyncio.wait_for(second, timeout=5)
-    app.release.set()
-    await invoker.close()
-    await callee.close()
