@@ -73,6 +73,8 @@ async def test_redis_going_away_mid_use_is_unavailable(tmp_path: Path) -> None:
                 await store.get("k")
             with pytest.raises(StoreUnavailable):
                 await store.set(SetRequest("k", b"2"))
+            with pytest.raises(StoreUnavailable):  # its scan, on redis-py's client
+                await store.query({}, "")
     finally:
         server.kill()
 
