@@ -176,20 +176,20 @@ class Database:
         self.conn.execute("COMMIT")
         return bool(claimed)
 
-    def run_batch(self, writes: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
-        """Run the writes in one transaction (one commit, one fsync), each under a savepoint:
-        a failed check (StateError) undoes only its own write and becomes its result."""
+    def run_batch(self, writes: Sequence[Callable[[sqlite3.Connection, str], Any]]) -> list[Any]:
+        """Run the writes in one transaction (one commit, one fsync), each given the connection
+        and the batch's :func:`timestamp`.  A failed check (StateError) is that write's result
+        and undoes nothing else: each write checks and writes in one statement, or undoes itself
+        (:func:`state._sqlite_statements.apply`).  Any other error fails the whole batch."""
         results: list[Any] = []
         self.conn.execute("BEGIN IMMEDIATE")
         try:
+            now = timestamp()
             for one in writes:
-                self.conn.execute("SAVEPOINT one")
                 try:
-                    results.append(one(self.conn))
+                    results.append(one(self.conn, now))
                 except StateError as exc:
-                    self.conn.execute("ROLLBACK TO one")
                     results.append(exc)
-                self.conn.execute("RELEASE one")
             self.conn.execute("COMMIT")
         except BaseException:
             if self.conn.in_transaction:

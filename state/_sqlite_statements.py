@@ -1,22 +1,26 @@
 """The per-request statements of ``state.sqlite``, run on the store's worker thread.
 
-Each write checks its etag or first-write condition in the same statement that writes it; the
-caller (:meth:`state._sqlite_db.Database.run_batch`) wraps writes in a transaction.  A write whose
-request carries a journal inserts its outbox record (:mod:`state._sqlite_outbox`) right after,
-in that transaction.  ``store`` is the store's name, which the records carry.
+Each write checks its etag or first-write condition in the same statement that writes it, so a
+failed check has changed nothing and needs no savepoint; only a transaction, several statements,
+runs under one of its own (:func:`apply`).  The caller
+(:meth:`state._sqlite_db.Database.run_batch`) runs the writes of a group commit in one
+transaction and gives them its time, ``now`` (a :func:`~state._sqlite_db.timestamp`): the rows a
+commit writes carry one ``update_time``.  A write whose request carries a journal inserts its
+outbox record (:mod:`state._sqlite_outbox`) right after, in that transaction.  ``store`` is the
+store's name, which the records carry.  Etags are version 4 UUIDs, as Dapr's.
 """
 
 from __future__ import annotations
 
 import base64
 import sqlite3
-import uuid
 from collections.abc import Sequence
 
+from bus.message import new_uuid
 from state import _sqlite_outbox as outbox
 from state._common import expiry_epoch, given_etag, needs_absent
 from state._sqlite_db import from_timestamp, timestamp
-from state.errors import ETagMismatch
+from state.errors import ETagMismatch, StateError
 from state.store import DeleteRequest, Item, Operation, SetRequest
 
 ALIVE = "(expiration_time IS NULL OR expiration_time > ?)"
@@ -42,9 +46,11 @@ def read_many(conn: sqlite3.Connection, table: str, keys: Sequence[str]) -> dict
     return found
 
 
-def write(conn: sqlite3.Connection, table: str, store: str, request: SetRequest) -> str:
-    """Save one value; the new etag (a uuid4, as Dapr's)."""
-    now, etag = timestamp(), str(uuid.uuid4())
+def write(
+    conn: sqlite3.Connection, now: str, *, table: str, store: str, request: SetRequest
+) -> str:
+    """Save one value; the new etag."""
+    etag = new_uuid()
     stored, is_binary = _encode(request)
     row = (request.key, stored, is_binary, etag, _expiry(request.ttl), now)
     expected = given_etag(request)
@@ -71,9 +77,11 @@ def write(conn: sqlite3.Connection, table: str, store: str, request: SetRequest)
     return etag
 
 
-def remove(conn: sqlite3.Connection, table: str, store: str, request: DeleteRequest) -> None:
+def remove(
+    conn: sqlite3.Connection, now: str, *, table: str, store: str, request: DeleteRequest
+) -> None:
     """Delete one key; with an etag, only the live row carrying it."""
-    expected, now = given_etag(request), timestamp()
+    expected = given_etag(request)
     if expected is None:
         conn.execute(f"DELETE FROM {table} WHERE key = ?", (request.key,))
     else:
@@ -88,14 +96,21 @@ def remove(conn: sqlite3.Connection, table: str, store: str, request: DeleteRequ
 
 
 def apply(
-    conn: sqlite3.Connection, table: str, store: str, operations: Sequence[Operation]
+    conn: sqlite3.Connection, now: str, *, table: str, store: str, operations: Sequence[Operation]
 ) -> None:
-    """Every operation in order; the first failed check raises (the caller rolls back)."""
-    for operation in operations:
-        if isinstance(operation, SetRequest):
-            write(conn, table, store, operation)
-        else:
-            remove(conn, table, store, operation)
+    """Every operation in order, under a savepoint: the first failed check undoes them all."""
+    conn.execute("SAVEPOINT transact")
+    try:
+        for operation in operations:
+            if isinstance(operation, SetRequest):
+                write(conn, now, table=table, store=store, request=operation)
+            else:
+                remove(conn, now, table=table, store=store, request=operation)
+    except StateError:  # any other error fails the whole group commit
+        conn.execute("ROLLBACK TO transact")
+        conn.execute("RELEASE transact")
+        raise
+    conn.execute("RELEASE transact")
 
 
 def _encode(request: SetRequest) -> tuple[str, int]:

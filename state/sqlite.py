@@ -31,13 +31,14 @@ Rows past their expiration_time are invisible at once and deleted by a purge eve
 the file purged within the interval; with a change feed the purge records an ``expire`` for
 each row it deletes, in its transaction (:func:`state._sqlite_outbox.record_expired`).  Times
 carry milliseconds (Dapr writes whole seconds; both compare correctly as text).
-All sqlite3 calls of a store run on one worker thread of its own.
-Writes are group-committed: the saves, deletes and transactions waiting while the worker commits
-go together into the next ``BEGIN IMMEDIATE ... COMMIT``, each under its own savepoint, so a failed
-etag check undoes only its own request, and concurrent callers share one fsync.  A write with a
-journal inserts its outbox row under the same savepoint; the relay's claims and deletes of
-records join the group commit as well, so they are serialized with the writes of every process
-sharing the file.
+All sqlite3 calls of a store run on one database thread of its own (:class:`bus.dbthread.
+DatabaseThread`).  Writes are group-committed: the saves, deletes and transactions waiting while
+the thread commits go together into the next ``BEGIN IMMEDIATE ... COMMIT``, so concurrent
+callers share one fsync.  Each save or delete checks its etag in the statement that writes it
+and a transaction runs under a savepoint of its own, so a failed check fails only its own
+request (:mod:`state._sqlite_statements`).  A write with a journal inserts its outbox row right
+after its own statement; the relay's claims and deletes of records join the group commit as
+well, so they are serialized with the writes of every process sharing the file.
 
 Beyond Dapr: the purge is on by default (Dapr's default interval is 0, off), and the query API
 (:mod:`state._sqlite_query`) runs over SQLite's JSON functions.
@@ -48,11 +49,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
 
+from bus.dbthread import DatabaseThread
 from state import _sqlite_outbox as outbox
 from state import _sqlite_statements as sql
 from state._common import PeriodicPurge
@@ -74,7 +75,7 @@ from state.store import (
 
 T = TypeVar("T")
 _BATCH = 256  # writes per transaction at most, so one commit never holds the lock for long
-_Write = Callable[[sqlite3.Connection], Any]
+_Write = Callable[[sqlite3.Connection, str], Any]  # (connection, the group commit's timestamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,7 @@ class SqliteStore(StoreLifecycle):
     def __init__(self, name: str, settings: SqliteSettings) -> None:
         self.name = name
         self.settings = settings
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread: DatabaseThread | None = None
         self._db: Database | None = None
         self._purge = PeriodicPurge()
         self._pending: list[tuple[_Write, asyncio.Future[Any]]] = []
@@ -108,14 +109,14 @@ class SqliteStore(StoreLifecycle):
 
     async def connect(self) -> None:
         """Open the file, migrate the tables and start the periodic purge."""
-        if self._executor is not None:
+        if self._thread is not None:
             return
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"state-sqlite-{self.name}")
+        self._thread = DatabaseThread(f"state-sqlite-{self.name}")
         try:
             self._db = await self._run(Database.open, self.settings)
         except BaseException:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+            self._thread.stop()
+            self._thread = None
             raise
         self._purge.start(self.settings.cleanup_interval, self.purge_expired)
 
@@ -125,14 +126,16 @@ class SqliteStore(StoreLifecycle):
         for task in (self._flusher, self._reader):
             if task is not None:
                 await asyncio.shield(task)
-        # New calls are refused from here on; calls already queued on the worker finish first.
-        executor, self._executor = self._executor, None
-        if executor is None:
+        # New calls are refused from here on; calls already queued on the thread finish first.
+        thread, self._thread = self._thread, None
+        if thread is None:
             return
-        if self._db is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, self._db.close)
-            self._db = None
-        executor.shutdown(wait=True)
+        try:
+            if self._db is not None:
+                await thread.submit(self._db.close)
+                self._db = None
+        finally:
+            thread.stop()
 
     async def get(self, key: str) -> Item | None:
         """The live row of ``key``."""
@@ -142,7 +145,7 @@ class SqliteStore(StoreLifecycle):
         """Rows of ``keys``, in their order; reads waiting together share one SELECT."""
         if not keys:
             return []
-        if self._executor is None:
+        if self._thread is None:
             raise StoreUnavailable(f"state store {self.name!r} is not connected")
         future: asyncio.Future[dict[str, Item]] = asyncio.get_running_loop().create_future()
         self._reads.append((list(keys), future))
@@ -191,19 +194,19 @@ class SqliteStore(StoreLifecycle):
         claim = partial(
             outbox.claim, table=table, store=store, relay=relay, lease=lease, limit=limit
         )
-        return cast(list[RecordedChange] | None, await self._write(claim))
+        return cast(list[RecordedChange] | None, await self._write(_untimed(claim)))
 
     async def forget_changes(self, changes: Sequence[RecordedChange]) -> None:
         """Delete published records (in the next group commit)."""
         if changes:
             positions = [change.position for change in changes]
             table = self.settings.table
-            await self._write(partial(outbox.forget, table=table, positions=positions))
+            await self._write(_untimed(partial(outbox.forget, table=table, positions=positions)))
 
     async def release_changes(self, relay: str) -> None:
         """Free the relay lease if ``relay`` holds it."""
         table, store = self.settings.table, self.name
-        await self._write(partial(outbox.release, table=table, store=store, relay=relay))
+        await self._write(_untimed(partial(outbox.release, table=table, store=store, relay=relay)))
 
     async def query(self, query: Mapping[str, Any], key_prefix: str) -> QueryResult:
         """Run a Dapr query as one SELECT over SQLite's JSON functions."""
@@ -227,7 +230,7 @@ class SqliteStore(StoreLifecycle):
 
     async def _write(self, one: _Write) -> Any:
         """Queue a write for the next group commit and wait for its own result."""
-        if self._executor is None:
+        if self._thread is None:
             raise StoreUnavailable(f"state store {self.name!r} is not connected")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((one, future))
@@ -276,11 +279,10 @@ class SqliteStore(StoreLifecycle):
             self._reader = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
+        if self._thread is None:
             raise StoreUnavailable(f"state store {self.name!r} is not connected")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            return await self._thread.submit(fn, *args)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"state store {self.name!r}: {exc}") from exc
 
@@ -295,3 +297,8 @@ class SqliteStore(StoreLifecycle):
 
     def _select(self, statement: str, params: list[Any]) -> list[tuple[str, str, str, Any]]:
         return list(self._database.conn.execute(statement, params))
+
+
+def _untimed(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection, str], T]:
+    """A group-commit write that has no use for the batch's timestamp."""
+    return lambda conn, _now: fn(conn)

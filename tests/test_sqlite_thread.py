@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from bus.sqlite._thread import DatabaseThread
+from bus.dbthread import DatabaseThread
 
 
 async def test_calls_run_in_order_on_one_thread_and_return_their_results() -> None:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from bus.backoff import Backoff
 from bus.broker import BaseBroker
+from bus.dbthread import DatabaseThread
 from bus.delivery import Source
 from bus.errors import BrokerClosed, BrokerError, BrokerUnavailable, PublishError
 from bus.message import Message, stored_age
@@ -27,7 +28,6 @@ from bus.sqlite._presence_rows import DOORBELL_TTL
 from bus.sqlite._schema import SqliteDelivery, encode_metadata, is_busy
 from bus.sqlite._source import SqliteSource
 from bus.sqlite._store import SWEEP_INTERVAL, SqliteStore
-from bus.sqlite._thread import DatabaseThread
 from bus.sqlite.settings import SqliteSettings
 
 log = logging.getLogger("omnibus.bus.sqlite")

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from bus.message import new_uuid
 from runtime.api.body import MalformedBody, NestedTooDeep, parse_json
 from runtime.api.dapr_errors import CloudEventError, RequestMetadataError
 
@@ -72,18 +73,13 @@ def _format_second(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
-_VERSION_MASK = ~(0xF000 << 64) & ~(0xC000 << 48)
-_VERSION_BITS = (0x4000 << 64) | (0x8000 << 48)
-
-
 def new_event_id() -> str:
     """A random (version 4) UUID in its 36-character form, as Dapr gives each event.
 
     From the process's seeded PRNG (reseeded in a forked child), not ``uuid.uuid4``'s read of
     ``os.urandom``: an event id must be unique, not secret, and every publish makes one.
     """
-    bits = f"{random.getrandbits(128) & _VERSION_MASK | _VERSION_BITS:032x}"
-    return f"{bits[:8]}-{bits[8:12]}-{bits[12:16]}-{bits[16:20]}-{bits[20:]}"
+    return new_uuid()
 
 
 def new_traceparent() -> str:

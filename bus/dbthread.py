@@ -1,4 +1,5 @@
-"""The SQLite broker's database thread: one thread that runs the store's calls in order.
+"""A database thread: one thread that runs a SQLite connection's calls in order (the SQLite
+broker's and the ``state.sqlite`` store's).
 
 A lighter ``ThreadPoolExecutor(1)`` + ``run_in_executor``: a call is queued with its asyncio
 future, and the thread hands the result back with one ``call_soon_threadsafe``, without the
