@@ -160,8 +160,7 @@ class StateService:
 
     async def _save(self, caller: str, prefix: KeyPrefix, requests: Sequence[SetRequest]) -> None:
         stored = [
-            replace(r, key=prefix.storage_key(r.key), journal=self._journal(caller, r.key))
-            for r in requests
+            r.stored_as(prefix.storage_key(r.key), self._journal(caller, r.key)) for r in requests
         ]
         if not stored:
             return
@@ -177,17 +176,14 @@ class StateService:
 
     async def _delete(self, caller: str, prefix: KeyPrefix, request: DeleteRequest) -> None:
         journal = self._journal(caller, request.key)
-        await self.store.delete(
-            replace(request, key=prefix.storage_key(request.key), journal=journal)
-        )
+        await self.store.delete(request.stored_as(prefix.storage_key(request.key), journal))
         await self._relayed()
 
     async def _transact(
         self, caller: str, prefix: KeyPrefix, operations: Sequence[Operation]
     ) -> None:
         stored = [
-            replace(o, key=prefix.storage_key(o.key), journal=self._journal(caller, o.key))
-            for o in operations
+            o.stored_as(prefix.storage_key(o.key), self._journal(caller, o.key)) for o in operations
         ]
         if stored:
             await self.store.transact(stored)

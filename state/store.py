@@ -96,6 +96,20 @@ class SetRequest:
     is_binary: bool = False
     journal: Journal | None = None
 
+    def stored_as(self, key: str, journal: Journal | None) -> SetRequest:
+        """This save under the storage key ``key``, with ``journal`` (cheaper than ``replace``)."""
+        return SetRequest(
+            key=key,
+            value=self.value,
+            etag=self.etag,
+            concurrency=self.concurrency,
+            consistency=self.consistency,
+            ttl=self.ttl,
+            content_type=self.content_type,
+            is_binary=self.is_binary,
+            journal=journal,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class DeleteRequest:
@@ -109,6 +123,16 @@ class DeleteRequest:
     concurrency: Concurrency = Concurrency.LAST_WRITE
     consistency: Consistency = Consistency.EVENTUAL
     journal: Journal | None = None
+
+    def stored_as(self, key: str, journal: Journal | None) -> DeleteRequest:
+        """This delete under the storage key ``key``, with ``journal``."""
+        return DeleteRequest(
+            key=key,
+            etag=self.etag,
+            concurrency=self.concurrency,
+            consistency=self.consistency,
+            journal=journal,
+        )
 
 
 Operation = SetRequest | DeleteRequest

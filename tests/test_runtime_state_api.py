@@ -299,8 +299,11 @@ async def test_go_cased_field_names_are_accepted(sidecar: Sidecar) -> None:
     item = {"KEY": "k", "Value": {"a": 1}, "Options": {"Concurrency": "first-write"}}
     assert (await sidecar.post("/v1.0/state/statestore", [item])).status == 204
     etag = (await sidecar.get("/v1.0/state/statestore/k")).headers["etag"]
-    again = [{"Key": "k", "VALUE": 2, "ETag": etag}]
+    taken = {"key": "k", "value": 3, "options": {"CONCURRENCY": "first-write"}}
+    assert (await sidecar.post("/v1.0/state/statestore", [taken])).status == 409
+    again = [{"Key": "k", "VALUE": 2, "ETag": etag, "MetaData": {"ttlInSeconds": "100"}}]
     assert (await sidecar.post("/v1.0/state/statestore", again)).status == 204
+    assert "metadata.ttlexpiretime" in (await sidecar.get("/v1.0/state/statestore/k")).headers
     reply = await sidecar.post("/v1.0/state/statestore/bulk", {"Keys": ["k"], "Parallelism": 1})
     assert reply.json()[0]["data"] == 2
     ops = {"Operations": [{"Operation": "delete", "Request": {"Key": "k"}}], "Metadata": {}}

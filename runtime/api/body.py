@@ -79,6 +79,15 @@ def field(obj: Mapping[str, Any], name: str, default: Any = None) -> Any:
 _ABSENT = object()
 
 
+def go_view(obj: Mapping[str, Any], names: frozenset[str]) -> Mapping[str, Any]:
+    """``obj`` as Go decodes it into a struct with the fields ``names``: name -> value, for
+    lookups with ``.get``.  ``obj`` itself when every key is spelled exactly as a field (the
+    common case, and the cheap one); else each field matched as :func:`field` matches it."""
+    if names.issuperset(obj):
+        return obj
+    return fields(obj, names)
+
+
 def fields(obj: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
     """Canonical name -> value of each of ``names`` present in ``obj`` (matched as ``field``)."""
     found: dict[str, Any] = {}

@@ -301,8 +301,11 @@ async def _answer(handler: Any, request: Request, failure: str) -> Response:
 def _segments(request: Request) -> list[str]:
     """The raw path's segments, percent-decoded and UTF-8 checked."""
     raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+    path: bytes = raw.split(b"?", 1)[0]
     try:
-        return [unquote_to_bytes(s).decode("utf-8") for s in raw.split(b"?")[0].split(b"/")]
+        if b"%" not in path:
+            return path.decode("utf-8").split("/")
+        return [unquote_to_bytes(s).decode("utf-8") for s in path.split(b"/")]
     except UnicodeDecodeError:
         raise ApiError(400, ERR_MALFORMED_REQUEST, "the store name and key must be UTF-8") from None
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from runtime.api.body import field
+from runtime.api.body import field, go_view
 from runtime.api.dapr_errors import ERR_MALFORMED_REQUEST, ApiError
 from state.store import Concurrency, Consistency, DeleteRequest, SetRequest
 
@@ -25,24 +25,31 @@ CONCURRENCY = {"": Concurrency.LAST_WRITE, **{c.value: c for c in Concurrency}}
 CONSISTENCY = {"": Consistency.EVENTUAL, **{c.value: c for c in Consistency}}
 
 
+_ITEM_FIELDS = frozenset({"key", "value", "etag", "metadata", "options", "contentType"})
+_OPTION_FIELDS = frozenset({"concurrency", "consistency"})
+_NO_OPTIONS: Mapping[str, Any] = {}
+
+
 def set_request(item: object, common: Mapping[str, str]) -> SetRequest:
     """One item of a save body (or an upsert's request) as a store request, checked."""
-    entry = json_object(item, "a state item")
-    key = state_key(field(entry, "key"))
-    etag = field(entry, "etag")
+    entry = go_view(json_object(item, "a state item"), _ITEM_FIELDS)
+    key = state_key(entry.get("key"))
+    etag = entry.get("etag")
     if etag is not None and not isinstance(etag, str):
         raise ApiError(400, ERR_MALFORMED_REQUEST, f"etag of key {key!r} must be a string")
-    metadata = {**string_map(field(entry, "metadata"), "metadata"), **common}
-    options = json_object(field(entry, "options") or {}, "options")
-    content_type = field(entry, "contentType") or metadata.get("contentType")
+    metadata = string_map(entry.get("metadata"), "metadata")
+    if common:
+        metadata = {**metadata, **common}
+    options = _options(entry.get("options"))
+    content_type = entry.get("contentType") or metadata.get("contentType")
     if content_type is not None and not isinstance(content_type, str):
         raise ApiError(400, ERR_MALFORMED_REQUEST, "contentType must be a string")
     return SetRequest(
         key=key,
-        value=orjson.dumps(field(entry, "value")),
+        value=orjson.dumps(entry.get("value")),
         etag=etag or None,
-        concurrency=option(CONCURRENCY, field(options, "concurrency"), "concurrency"),
-        consistency=option(CONSISTENCY, field(options, "consistency"), "consistency"),
+        concurrency=option(CONCURRENCY, options.get("concurrency"), "concurrency"),
+        consistency=option(CONSISTENCY, options.get("consistency"), "consistency"),
         ttl=_ttl(metadata.get("ttlInSeconds")),
         content_type=content_type,
     )
@@ -50,17 +57,24 @@ def set_request(item: object, common: Mapping[str, str]) -> SetRequest:
 
 def delete_request(item: object) -> DeleteRequest:
     """A transaction's delete request, checked."""
-    entry = json_object(item, "a delete request")
-    etag = field(entry, "etag")
+    entry = go_view(json_object(item, "a delete request"), _ITEM_FIELDS)
+    etag = entry.get("etag")
     if etag is not None and not isinstance(etag, str):
         raise ApiError(400, ERR_MALFORMED_REQUEST, "etag must be a string")
-    options = json_object(field(entry, "options") or {}, "options")
+    options = _options(entry.get("options"))
     return DeleteRequest(
-        key=state_key(field(entry, "key")),
+        key=state_key(entry.get("key")),
         etag=etag or None,
-        concurrency=option(CONCURRENCY, field(options, "concurrency"), "concurrency"),
-        consistency=option(CONSISTENCY, field(options, "consistency"), "consistency"),
+        concurrency=option(CONCURRENCY, options.get("concurrency"), "concurrency"),
+        consistency=option(CONSISTENCY, options.get("consistency"), "consistency"),
     )
+
+
+def _options(value: object) -> Mapping[str, Any]:
+    """An item's ``options`` (absent, null or ``{}`` alike)."""
+    if not value:
+        return _NO_OPTIONS
+    return go_view(json_object(value, "options"), _OPTION_FIELDS)
 
 
 def transaction_step(operation: object, common: Mapping[str, str]) -> SetRequest | DeleteRequest:
