@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlencode
-
-from state.errors import StateError
 
 # Told of the rows a purge deleted: the connection, their (key, etag) and the purge's time.
 Expired = Callable[[sqlite3.Connection, list[tuple[str, str]], str], None]
@@ -175,27 +173,6 @@ class Database:
             raise
         self.conn.execute("COMMIT")
         return bool(claimed)
-
-    def run_batch(self, writes: Sequence[Callable[[sqlite3.Connection, str], Any]]) -> list[Any]:
-        """Run the writes in one transaction (one commit, one fsync), each given the connection
-        and the batch's :func:`timestamp`.  A failed check (StateError) is that write's result
-        and undoes nothing else: each write checks and writes in one statement, or undoes itself
-        (:func:`state._sqlite_statements.apply`).  Any other error fails the whole batch."""
-        results: list[Any] = []
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            now = timestamp()
-            for one in writes:
-                try:
-                    results.append(one(self.conn, now))
-                except StateError as exc:
-                    results.append(exc)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
-        return results
 
     def close(self) -> None:
         """Close the connection."""

@@ -6,7 +6,7 @@ with it (:meth:`state._sqlite_db.Database.migrate`): ``<table>_outbox`` holds th
 they describe, inside its savepoint, so a write that fails or rolls back leaves none; ``seq`` is
 AUTOINCREMENT so that a number is never given twice and a late delete by number can only remove
 the record it published.  Every function here runs inside the group commit's ``BEGIN IMMEDIATE``
-(:meth:`state._sqlite_db.Database.run_batch`), so the lease's read-then-write is atomic across
+(:func:`state._sqlite_statements.group_commit`), so the lease's read-then-write is atomic across
 every process sharing the file.
 
 :func:`record_expired` is what the purge of a store with a change feed adds

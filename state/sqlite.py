@@ -33,12 +33,17 @@ each row it deletes, in its transaction (:func:`state._sqlite_outbox.record_expi
 carry milliseconds (Dapr writes whole seconds; both compare correctly as text).
 All sqlite3 calls of a store run on one database thread of its own (:class:`bus.dbthread.
 DatabaseThread`).  Writes are group-committed: the saves, deletes and transactions waiting while
-the thread commits go together into the next ``BEGIN IMMEDIATE ... COMMIT``, so concurrent
-callers share one fsync.  Each save or delete checks its etag in the statement that writes it
-and a transaction runs under a savepoint of its own, so a failed check fails only its own
-request (:mod:`state._sqlite_statements`).  A write with a journal inserts its outbox row right
-after its own statement; the relay's claims and deletes of records join the group commit as
-well, so they are serialized with the writes of every process sharing the file.
+the thread commits go together into the next transaction, so concurrent callers share one
+fsync.  The thread takes them from the queue itself, batch after batch (:meth:`SqliteStore.
+_drain`), and hands each batch's results back in one call: a busy event loop holds the GIL for
+a whole turn of its ready callbacks, so every hop through it, or every time the thread must
+take the GIL back, costs the commit about a turn.  Each save or delete checks its etag in the
+statement that writes it and a transaction runs under a savepoint of its own, so a failed check
+fails only its own request; neighbouring plain saves share one multi-row statement, and a batch
+of nothing else is that one statement, its own transaction (:mod:`state._sqlite_statements`).
+A write with a journal inserts its outbox row right after its own statement; the relay's claims
+and deletes of records join the group commit as well, so they are serialized with the writes of
+every process sharing the file.
 
 Beyond Dapr: the purge is on by default (Dapr's default interval is 0, off), and the query API
 (:mod:`state._sqlite_query`) runs over SQLite's JSON functions.
@@ -48,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -75,7 +81,7 @@ from state.store import (
 
 T = TypeVar("T")
 _BATCH = 256  # writes per transaction at most, so one commit never holds the lock for long
-_Write = Callable[[sqlite3.Connection, str], Any]  # (connection, the group commit's timestamp)
+_DRAIN_BATCHES = 8  # group commits per turn of the database thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +106,12 @@ class SqliteStore(StoreLifecycle):
         self.name = name
         self.settings = settings
         self._thread: DatabaseThread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it connected on
         self._db: Database | None = None
         self._purge = PeriodicPurge()
-        self._pending: list[tuple[_Write, asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # Writes waiting for a group commit; appended on the loop, taken on the database thread.
+        self._pending: deque[tuple[sql.Write, asyncio.Future[Any]]] = deque()
+        self._committing: asyncio.Future[None] | None = None  # the thread's drain, while it runs
         self._reads: list[tuple[list[str], asyncio.Future[dict[str, Item]]]] = []
         self._reader: asyncio.Task[None] | None = None
 
@@ -112,6 +120,8 @@ class SqliteStore(StoreLifecycle):
         if self._thread is not None:
             return
         self._thread = DatabaseThread(f"state-sqlite-{self.name}")
+        # Looked up once: asyncio.get_running_loop checks the pid, a system call per request.
+        self._loop = asyncio.get_running_loop()
         try:
             self._db = await self._run(Database.open, self.settings)
         except BaseException:
@@ -123,9 +133,11 @@ class SqliteStore(StoreLifecycle):
     async def close(self) -> None:
         """Stop the purge, commit the waiting writes, close the connection and the thread."""
         await self._purge.stop()
-        for task in (self._flusher, self._reader):
-            if task is not None:
-                await asyncio.shield(task)
+        while self._committing is not None or self._reader is not None:
+            for task in (self._committing, self._reader):
+                if task is not None:
+                    await asyncio.shield(task)
+            await asyncio.sleep(0)  # the drain's done callback may have started another
         # New calls are refused from here on; calls already queued on the thread finish first.
         thread, self._thread = self._thread, None
         if thread is None:
@@ -145,17 +157,19 @@ class SqliteStore(StoreLifecycle):
         """Rows of ``keys``, in their order; reads waiting together share one SELECT."""
         if not keys:
             return []
-        if self._thread is None:
+        if self._thread is None or self._loop is None:
             raise StoreUnavailable(f"state store {self.name!r} is not connected")
-        future: asyncio.Future[dict[str, Item]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[dict[str, Item]] = self._loop.create_future()
         self._reads.append((list(keys), future))
         if self._reader is None:
-            self._reader = asyncio.create_task(self._read_waiting())
+            self._reader = self._loop.create_task(self._read_waiting())
         found = await future
         return [BulkItem(key, found.get(key)) for key in keys]
 
     async def set(self, request: SetRequest) -> str:
         """Save one value (its etag check and the write are one statement)."""
+        if sql.is_plain(request):
+            return cast(str, await self._write(request))  # may share a statement
         write = partial(sql.write, table=self.settings.table, store=self.name, request=request)
         return cast(str, await self._write(write))
 
@@ -228,37 +242,57 @@ class SqliteStore(StoreLifecycle):
 
     # -- group commit and the worker thread ------------------------------------------------------
 
-    async def _write(self, one: _Write) -> Any:
+    async def _write(self, one: sql.Write) -> Any:
         """Queue a write for the next group commit and wait for its own result."""
-        if self._thread is None:
+        if self._thread is None or self._loop is None:
             raise StoreUnavailable(f"state store {self.name!r} is not connected")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._pending.append((one, future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
+        if self._committing is None:
+            self._start_commits()
         return await future
 
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
-                try:
-                    results = await self._run(self._database.run_batch, [w for w, _ in batch])
-                except Exception as exc:
-                    results = [exc] * len(batch)
-                except asyncio.CancelledError:
-                    for _, future in [*batch, *self._pending]:
-                        future.cancel()  # the loop is going away: nobody waits forever
-                    raise
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue  # the caller gave up; its write stands, as any in flight
-                    if isinstance(result, BaseException):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-        finally:
-            self._flusher = None
+    def _start_commits(self) -> None:
+        """Have the database thread commit the waiting writes (one drain at a time)."""
+        assert self._thread is not None
+        self._committing = self._thread.submit(self._drain, self._loop)
+        self._committing.add_done_callback(self._drained)
+
+    def _drained(self, committing: asyncio.Future[None]) -> None:
+        """On the loop: the drain ended; start another for writes it did not see."""
+        self._committing = None
+        error = None if committing.cancelled() else committing.exception()
+        if committing.cancelled() or error is not None:
+            self._fail_pending(StoreUnavailable(f"state store {self.name!r}: {error or 'closed'}"))
+        elif self._pending and self._thread is not None:
+            self._start_commits()
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        while self._pending:
+            _, future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(exc)
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the database thread: commit what waits, batch after batch, and hand each batch's
+        results to the loop; the writes queued while a batch commits make the next one, without
+        a trip through the event loop (which, busy, would let the thread wait for the GIL)."""
+        for _ in range(_DRAIN_BATCHES):  # then let reads queued behind the drain run
+            batch = [self._pending.popleft() for _ in range(min(_BATCH, len(self._pending)))]
+            if not batch:
+                return
+            try:
+                results = sql.group_commit(
+                    self._database.conn, self.settings.table, [w for w, _ in batch]
+                )
+            except sqlite3.Error as exc:
+                results = [StoreUnavailable(f"state store {self.name!r}: {exc}")] * len(batch)
+            except Exception as exc:
+                results = [exc] * len(batch)
+            try:
+                loop.call_soon_threadsafe(_settle, batch, results)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
 
     async def _read_waiting(self) -> None:
         try:
@@ -299,6 +333,17 @@ class SqliteStore(StoreLifecycle):
         return list(self._database.conn.execute(statement, params))
 
 
-def _untimed(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection, str], T]:
+def _settle(batch: list[tuple[sql.Write, asyncio.Future[Any]]], results: list[Any]) -> None:
+    """Hand each write of a committed batch its own result."""
+    for (_, future), result in zip(batch, results, strict=True):
+        if future.done():
+            continue  # the caller gave up; its write stands, as any in flight
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+def _untimed(fn: Callable[[sqlite3.Connection], T]) -> sql.Write:
     """A group-commit write that has no use for the batch's timestamp."""
     return lambda conn, _now: fn(conn)

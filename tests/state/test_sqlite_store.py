@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from state import _sqlite_statements as sql
+from state.errors import ETagMismatch, StoreUnavailable
 from state.sqlite import SqliteSettings, SqliteStore
-from state.store import Journal, SetRequest
+from state.store import Concurrency, Journal, SetRequest
 
 # PRAGMA table_info of Dapr's table: (name, type, notnull, default, pk)
 DAPR_STATE_COLUMNS = [
@@ -163,3 +166,70 @@ async def test_the_periodic_purge_removes_expired_rows(tmp_path: Path) -> None:
 def _count(path: Path) -> int:
     with sqlite3.connect(path) as conn:
         return int(conn.execute("SELECT count(*) FROM state").fetchone()[0])
+
+
+# -- the group commit -------------------------------------------------------------------------
+
+
+async def test_a_group_commit_keeps_each_writes_order_and_outcome(store: SqliteStore) -> None:
+    """Plain saves share one statement, checked ones run alone: the order and every outcome are
+    those of the writes one after another."""
+    stale = SetRequest("x", b"1", etag="not-the-etag")
+    first = SetRequest("y", b"2", concurrency=Concurrency.FIRST_WRITE)
+    writes = [
+        SetRequest("k", b"1"),
+        SetRequest("k", b"2"),
+        stale,
+        SetRequest("y", b"1"),
+        first,  # y exists by now
+        SetRequest("k", b"3"),
+    ]
+    results = await asyncio.gather(*(store.set(w) for w in writes), return_exceptions=True)
+    assert [type(r) for r in results] == [str, str, ETagMismatch, str, ETagMismatch, str]
+    assert len(set(results[:2] + results[3:4] + results[5:])) == 4  # a fresh etag each
+    k, y = await store.get("k"), await store.get("y")
+    assert k is not None and k.value == b"3" and k.etag == results[5]
+    assert y is not None and y.value == b"1"
+    assert await store.get("x") is None
+
+
+async def test_writes_that_wait_behind_a_commit_share_the_next(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    commit = sql.group_commit
+
+    def counted(conn: sqlite3.Connection, table: str, writes: list[sql.Write]) -> list[object]:
+        sizes.append(len(writes))
+        return commit(conn, table, writes)
+
+    monkeypatch.setattr(sql, "group_commit", counted)
+    held = threading.Event()
+    busy = store._thread.submit(held.wait) if store._thread is not None else None  # the thread
+    saves = [asyncio.ensure_future(store.set(SetRequest(f"k{n}", b"1"))) for n in range(50)]
+    await asyncio.sleep(0.05)
+    held.set()
+    await asyncio.gather(*saves)
+    assert busy is not None and await busy
+    assert sizes == [50]
+
+
+async def test_a_failed_commit_fails_its_batch_and_the_store_goes_on(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit = sql.group_commit
+    calls = 0
+
+    def failing_once(conn: sqlite3.Connection, table: str, writes: list[sql.Write]) -> list[object]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return commit(conn, table, writes)
+
+    monkeypatch.setattr(sql, "group_commit", failing_once)
+    with pytest.raises(StoreUnavailable, match="disk I/O error"):
+        await store.set(SetRequest("k", b"1"))
+    await store.set(SetRequest("k", b"2"))
+    item = await store.get("k")
+    assert item is not None and item.value == b"2"
