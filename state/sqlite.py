@@ -34,16 +34,15 @@ carry milliseconds (Dapr writes whole seconds; both compare correctly as text).
 All sqlite3 calls of a store run on one database thread of its own (:class:`bus.dbthread.
 DatabaseThread`).  Writes are group-committed: the saves, deletes and transactions waiting while
 the thread commits go together into the next transaction, so concurrent callers share one
-fsync.  The thread takes them from the queue itself, batch after batch (:meth:`SqliteStore.
-_drain`), and hands each batch's results back in one call: a busy event loop holds the GIL for
-a whole turn of its ready callbacks, so every hop through it, or every time the thread must
-take the GIL back, costs the commit about a turn.  Each save or delete checks its etag in the
-statement that writes it and a transaction runs under a savepoint of its own, so a failed check
-fails only its own request; neighbouring plain saves share one multi-row statement, and a batch
-of nothing else is that one statement, its own transaction (:mod:`state._sqlite_statements`).
-A write with a journal inserts its outbox row right after its own statement; the relay's claims
-and deletes of records join the group commit as well, so they are serialized with the writes of
-every process sharing the file.
+fsync; reads waiting together share one SELECT.  The thread takes both from their queues
+itself, batch after batch (:mod:`state._sqlite_queue`), so a batch costs no trip through the
+event loop.  Each save or delete checks its etag in the statement that writes it and a
+transaction runs under a savepoint of its own, so a failed check fails only its own request;
+neighbouring plain saves share one multi-row statement, and a batch of nothing else is that one
+statement, its own transaction (:mod:`state._sqlite_statements`).  A write with a journal
+inserts its outbox row right after its own statement; the relay's claims and deletes of records
+join the group commit as well, so they are serialized with the writes of every process sharing
+the file.
 
 Beyond Dapr: the purge is on by default (Dapr's default interval is 0, off), and the query API
 (:mod:`state._sqlite_query`) runs over SQLite's JSON functions.
@@ -53,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -65,6 +63,7 @@ from state import _sqlite_statements as sql
 from state._common import PeriodicPurge
 from state._sqlite_db import Database, from_timestamp, timestamp
 from state._sqlite_query import select_sql
+from state._sqlite_queue import BatchQueue
 from state.errors import BulkError, StateError, StoreUnavailable
 from state.query import page_token, parse_query
 from state.store import (
@@ -81,7 +80,7 @@ from state.store import (
 
 T = TypeVar("T")
 _BATCH = 256  # writes per transaction at most, so one commit never holds the lock for long
-_DRAIN_BATCHES = 8  # group commits per turn of the database thread
+_READS = 256  # reads (of any number of keys) per SELECT batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +108,10 @@ class SqliteStore(StoreLifecycle):
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it connected on
         self._db: Database | None = None
         self._purge = PeriodicPurge()
-        # Writes waiting for a group commit; appended on the loop, taken on the database thread.
-        self._pending: deque[tuple[sql.Write, asyncio.Future[Any]]] = deque()
-        self._committing: asyncio.Future[None] | None = None  # the thread's drain, while it runs
-        self._reads: list[tuple[list[str], asyncio.Future[dict[str, Item]]]] = []
-        self._reader: asyncio.Task[None] | None = None
+        self._writes: BatchQueue[sql.Write, Any] = BatchQueue(name, self._commit, batch=_BATCH)
+        self._reads: BatchQueue[list[str], dict[str, Item]] = BatchQueue(
+            name, self._read_batch, batch=_READS
+        )
 
     async def connect(self) -> None:
         """Open the file, migrate the tables and start the periodic purge."""
@@ -133,11 +131,8 @@ class SqliteStore(StoreLifecycle):
     async def close(self) -> None:
         """Stop the purge, commit the waiting writes, close the connection and the thread."""
         await self._purge.stop()
-        while self._committing is not None or self._reader is not None:
-            for task in (self._committing, self._reader):
-                if task is not None:
-                    await asyncio.shield(task)
-            await asyncio.sleep(0)  # the drain's done callback may have started another
+        await self._writes.idle()
+        await self._reads.idle()
         # New calls are refused from here on; calls already queued on the thread finish first.
         thread, self._thread = self._thread, None
         if thread is None:
@@ -159,11 +154,7 @@ class SqliteStore(StoreLifecycle):
             return []
         if self._thread is None or self._loop is None:
             raise StoreUnavailable(f"state store {self.name!r} is not connected")
-        future: asyncio.Future[dict[str, Item]] = self._loop.create_future()
-        self._reads.append((list(keys), future))
-        if self._reader is None:
-            self._reader = self._loop.create_task(self._read_waiting())
-        found = await future
+        found = await self._reads.put(self._loop, self._thread, list(keys))
         return [BulkItem(key, found.get(key)) for key in keys]
 
     async def set(self, request: SetRequest) -> str:
@@ -246,71 +237,16 @@ class SqliteStore(StoreLifecycle):
         """Queue a write for the next group commit and wait for its own result."""
         if self._thread is None or self._loop is None:
             raise StoreUnavailable(f"state store {self.name!r} is not connected")
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending.append((one, future))
-        if self._committing is None:
-            self._start_commits()
-        return await future
+        return await self._writes.put(self._loop, self._thread, one)
 
-    def _start_commits(self) -> None:
-        """Have the database thread commit the waiting writes (one drain at a time)."""
-        assert self._thread is not None
-        self._committing = self._thread.submit(self._drain, self._loop)
-        self._committing.add_done_callback(self._drained)
+    def _commit(self, writes: list[sql.Write]) -> list[Any]:
+        return sql.group_commit(self._database.conn, self.settings.table, writes)
 
-    def _drained(self, committing: asyncio.Future[None]) -> None:
-        """On the loop: the drain ended; start another for writes it did not see."""
-        self._committing = None
-        error = None if committing.cancelled() else committing.exception()
-        if committing.cancelled() or error is not None:
-            self._fail_pending(StoreUnavailable(f"state store {self.name!r}: {error or 'closed'}"))
-        elif self._pending and self._thread is not None:
-            self._start_commits()
-
-    def _fail_pending(self, exc: BaseException) -> None:
-        while self._pending:
-            _, future = self._pending.popleft()
-            if not future.done():
-                future.set_exception(exc)
-
-    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the database thread: commit what waits, batch after batch, and hand each batch's
-        results to the loop; the writes queued while a batch commits make the next one, without
-        a trip through the event loop (which, busy, would let the thread wait for the GIL)."""
-        for _ in range(_DRAIN_BATCHES):  # then let reads queued behind the drain run
-            batch = [self._pending.popleft() for _ in range(min(_BATCH, len(self._pending)))]
-            if not batch:
-                return
-            try:
-                results = sql.group_commit(
-                    self._database.conn, self.settings.table, [w for w, _ in batch]
-                )
-            except sqlite3.Error as exc:
-                results = [StoreUnavailable(f"state store {self.name!r}: {exc}")] * len(batch)
-            except Exception as exc:
-                results = [exc] * len(batch)
-            try:
-                loop.call_soon_threadsafe(_settle, batch, results)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                return
-
-    async def _read_waiting(self) -> None:
-        try:
-            while self._reads:
-                batch, self._reads = self._reads, []
-                keys = list(dict.fromkeys(key for wanted, _ in batch for key in wanted))
-                try:
-                    found = await self._run(self._read, keys)
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(found)
-        finally:
-            self._reader = None
+    def _read_batch(self, wanted: list[list[str]]) -> list[dict[str, Item]]:
+        """One SELECT for the keys of every read in the batch; each read gets the rows found."""
+        keys = list(dict.fromkeys(key for keys in wanted for key in keys))
+        found = sql.read_many(self._database.conn, self.settings.table, keys)
+        return [found] * len(wanted)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._thread is None:
@@ -326,22 +262,8 @@ class SqliteStore(StoreLifecycle):
             raise StoreUnavailable(f"state store {self.name!r} is not connected")
         return self._db
 
-    def _read(self, keys: list[str]) -> dict[str, Item]:
-        return sql.read_many(self._database.conn, self.settings.table, keys)
-
     def _select(self, statement: str, params: list[Any]) -> list[tuple[str, str, str, Any]]:
         return list(self._database.conn.execute(statement, params))
-
-
-def _settle(batch: list[tuple[sql.Write, asyncio.Future[Any]]], results: list[Any]) -> None:
-    """Hand each write of a committed batch its own result."""
-    for (_, future), result in zip(batch, results, strict=True):
-        if future.done():
-            continue  # the caller gave up; its write stands, as any in flight
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
 
 
 def _untimed(fn: Callable[[sqlite3.Connection], T]) -> sql.Write:

@@ -15,7 +15,7 @@ import pytest
 from state import _sqlite_statements as sql
 from state.errors import ETagMismatch, StoreUnavailable
 from state.sqlite import SqliteSettings, SqliteStore
-from state.store import Concurrency, Journal, SetRequest
+from state.store import Concurrency, Item, Journal, SetRequest
 
 # PRAGMA table_info of Dapr's table: (name, type, notnull, default, pk)
 DAPR_STATE_COLUMNS = [
@@ -233,3 +233,32 @@ async def test_a_failed_commit_fails_its_batch_and_the_store_goes_on(
     await store.set(SetRequest("k", b"2"))
     item = await store.get("k")
     assert item is not None and item.value == b"2"
+
+
+async def test_reads_that_wait_behind_the_thread_share_one_select(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.set(SetRequest("k3", b"3"))
+    selects: list[list[str]] = []
+    read_many = sql.read_many
+
+    def counted(conn: sqlite3.Connection, table: str, keys: list[str]) -> dict[str, Item]:
+        selects.append(list(keys))
+        return read_many(conn, table, keys)
+
+    monkeypatch.setattr(sql, "read_many", counted)
+    held = threading.Event()
+    busy = store._thread.submit(held.wait) if store._thread is not None else None
+    gets = [asyncio.ensure_future(store.get(f"k{n % 5}")) for n in range(20)]
+    await asyncio.sleep(0.05)
+    held.set()
+    found = await asyncio.gather(*gets)
+    assert busy is not None and await busy
+    assert selects == [["k0", "k1", "k2", "k3", "k4"]]  # each key once
+    assert [item is not None and item.value for item in found[:5]] == [
+        False,
+        False,
+        False,
+        b"3",
+        False,
+    ]
