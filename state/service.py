@@ -105,6 +105,7 @@ class StateService:
         self.config = config or StoreConfig(keys=KeyStrategy(store=store.name))
         self.feed = feed
         self.relay = None if feed is None else ChangeRelay(store, feed)
+        self._prefixes: dict[str, KeyPrefix] = {}  # by caller
 
     async def start(self) -> None:
         """Start the change feed's relay (the store must be connected)."""
@@ -131,7 +132,9 @@ class StateService:
         if not self.config.allows(caller):
             raise StoreNotFound(f"state store {self.name} is not found")
         _check_features(self.store, request)
-        prefix = self.config.keys.for_app(caller)
+        prefix = self._prefixes.get(caller)
+        if prefix is None:
+            prefix = self._prefixes[caller] = self.config.keys.for_app(caller)
         if isinstance(request, Get):
             item = await self.store.get(prefix.storage_key(request.key))
             return None if item is None else _strip(item, prefix)
