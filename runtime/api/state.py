@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bus.errors import InvalidArgument
 from runtime.api.body import field, parse_json
 from runtime.api.dapr_errors import ERR_MALFORMED_REQUEST, ApiError, api_error
-from runtime.api.publish import query_metadata
+from runtime.api.publish import query_metadata, read_body
 from runtime.api.state_requests import (
     CONCURRENCY,
     CONSISTENCY,
@@ -187,7 +187,7 @@ class StateApi:
 
     async def _save(self, request: Request) -> Response:
         store = _store(request)
-        payload = parse_json(await request.body())
+        payload = parse_json(await read_body(request.receive))  # Request.body's stream costs more
         if not isinstance(payload, list):
             raise ApiError(400, ERR_MALFORMED_REQUEST, "the body must be a JSON array of items")
         common = query_metadata(request.scope["query_string"])
