@@ -87,8 +87,10 @@ figure includes the cost of sharing them; ratios compare figures taken in the sa
    orchestrating process, the same two ways (32 in flight; the fixed rate over `--connections`
    workers): raw redis-py running `state.redis`'s own save script (EVALSHA) and its get
    (HGETALL + PEXPIRETIME, one pipeline), and raw sqlite3 running the store's INSERT OR REPLACE
-   and SELECT on Dapr's table layout (WAL, autocommit) on one worker thread. The HTTP ceiling is
-   the bare Starlette endpoint of scenario 1.
+   and SELECT on Dapr's table layout (WAL, autocommit) on one worker thread. The HTTP ceiling of
+   the throughput goal is the bare Starlette endpoint of scenario 1, measured again right before
+   each store's phases with 32 requests in flight (`starlette` / `ceiling beside <store>`): the
+   speed of a shared host drifts within minutes.
 8. **Service invocation.** The callee app is the bare Starlette endpoint (it answers 204); the
    generator POSTs the payload to it directly, then through a caller sidecar (no app) and a
    callee sidecar (`--app-port` = the app) on the run's pubsub as the system bus

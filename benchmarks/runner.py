@@ -158,7 +158,7 @@ def _steps(config: BenchConfig, services: Services) -> int:
     if config.wants("rpc"):
         steps += len(backends)
     if config.wants("state"):
-        steps += state_steps(backends) + 2 * (not config.wants("ingest"))
+        steps += state_steps(backends)
     if config.wants("invoke"):
         steps += invoke_steps(backends)
     if config.wants("soak"):

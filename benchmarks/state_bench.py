@@ -18,8 +18,11 @@ layout (no HTTP), driven the same two ways (32 in flight, then the fixed rate):
 - sqlite3: the store's INSERT OR REPLACE and SELECT on Dapr's table layout (WAL, autocommit),
   each on one worker thread, as the store runs them.
 
-The HTTP ceiling is the bare Starlette endpoint of the ingest scenario (measured here if the run
-does not include ingest).
+The HTTP ceiling of each store's throughput goal is measured beside it: right before the
+store's sidecar starts, the same generator sends single publishes to the bare Starlette endpoint
+of the ingest scenario, 32 in flight for as long as a throughput phase (``starlette`` /
+``ceiling beside <store> (32 in flight)``).  On a shared host the speed of the machine drifts
+within minutes; a ceiling taken minutes earlier, in the ingest scenario, says little about it.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from dataclasses import dataclass, field, replace
 from itertools import count
 from pathlib import Path
 
-from benchmarks.http_phases import HttpRun, measure_ceiling, percentiles
+from benchmarks.backends import PUBSUB_NAME
+from benchmarks.http_phases import PUBLISH, HttpRun, percentiles
 from benchmarks.loadgen import LoadResult
 from benchmarks.payload import PayloadFactory
 from benchmarks.report import Report
@@ -62,9 +66,14 @@ def throughput_variant(op: str) -> str:
     return f"{op} ops/s ({IN_FLIGHT} in flight)"
 
 
+def ceiling_variant(backend: str) -> str:
+    """``ceiling beside sqlite (32 in flight)``: the HTTP ceiling of ``backend``'s phases."""
+    return f"ceiling beside {backend} ({IN_FLIGHT} in flight)"
+
+
 def state_steps(backends: list[str]) -> int:
     """Progress steps of the scenario."""
-    return sum(1 + 2 * len(OPS) for b in backends if b in STORES)
+    return sum(2 + 2 * len(OPS) for b in backends if b in STORES)
 
 
 async def measure_state(run: HttpRun, guard: Guard) -> None:
@@ -72,10 +81,9 @@ async def measure_state(run: HttpRun, guard: Guard) -> None:
     backends = [b for b in run.config.backends if b in STORES and b in run.services.targets]
     if not backends:
         return
-    if run.report.get("ingest", "starlette", "single") is None:
-        await guard(run.report, "ingest", "starlette", measure_ceiling(run))
     value = PayloadFactory(run.config.payload_size).message(0, time.monotonic_ns()).decode()
     for backend in backends:
+        await guard(run.report, "state", "starlette", _ceiling_beside(run, backend))
         await guard(run.report, "state", backend, _through_sidecar(run, backend, value))
         if backend == "redis":
             raw = _raw_redis(run.services.redis_url(), value, run.run_id)
@@ -90,6 +98,22 @@ def _durations(run: HttpRun) -> tuple[float, float]:
 
 
 # -- through the sidecar ----------------------------------------------------------------------
+
+
+async def _ceiling_beside(run: HttpRun, backend: str) -> None:
+    """The bare Starlette endpoint under the throughput phases' load, just before them."""
+    run.step(f"{backend}: ceiling, bare Starlette, {IN_FLIGHT} in flight")
+    child = run.children.ceiling()
+    try:
+        url = child.url(PUBLISH.format(pubsub=PUBSUB_NAME, topic="ceiling"))
+        spec = replace(run.load(url, duration=_durations(run)[0]), connections=IN_FLIGHT)
+        load = await run.generator.run(spec)
+        run.report.add("state", "starlette", ceiling_variant(backend), load.rate, "ops/s",
+                       requests=load.requests, errors=load.errors, first_error=load.first_error,
+                       seconds=round(load.elapsed, 3),
+                       generator_cores=round(load.cores, 3))  # fmt: skip
+    finally:
+        run.children.stop(child)
 
 
 def store_yaml(backend: str, run: HttpRun) -> str:
