@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -67,7 +67,8 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bus.errors import BrokerError, BrokerUnavailable
-from bus.redis.link import Command, RedisAddress, RedisLink
+from bus.redis.link import RedisLink
+from bus.redis.settings import Command, RedisAddress
 from state import _redis_scripts as scripts
 from state._common import InFlight, given_etag, needs_absent
 from state._redis_query import expires_at, scan_items
@@ -97,21 +98,15 @@ _CLOSE_GRACE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
-class RedisStoreSettings:
-    """Parsed ``state.redis`` metadata; durations in seconds, ``ttl`` the default TTL.
+class RedisStoreSettings(RedisAddress):
+    """Parsed ``state.redis`` metadata: where the server is, then the store's own settings;
+    durations in seconds, ``ttl`` the default TTL.
 
     Retries of a failed connection follow Dapr's defaults (3, backing off 8 ms to 512 ms).
     """
 
-    host: str = "localhost"
-    port: int = 6379
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    db: int = 0
-    tls: bool = False
     actor_state_store: bool = False
     ttl: int | None = None
-    dial_timeout: float = 5.0
     read_timeout: float = 3.0
     pool_size: int | None = None
     max_retries: int = 3

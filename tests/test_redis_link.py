@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from bus.errors import BrokerClosed, BrokerError, BrokerUnavailable
-from bus.redis.link import RedisAddress, RedisLink, RedisListener
+from bus.redis.link import RedisLink, RedisListener
+from bus.redis.settings import RedisAddress
 from tests.backends.redis import RedisServer, free_port
 from tests.helpers import eventually
 

@@ -19,8 +19,8 @@ from bus.message import Message
 from bus.options import SubscriptionOptions
 from bus.redis._scripts import Scripts
 from bus.redis._wire import LINK_ERRORS, decode, encode, pairs, reconnecting
-from bus.redis.link import RedisAddress, RedisLink
-from bus.redis.settings import RedisSettings
+from bus.redis.link import RedisLink
+from bus.redis.settings import RedisAddress, RedisSettings
 
 log = logging.getLogger("omnibus.bus.redis")
 

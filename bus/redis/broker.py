@@ -38,8 +38,8 @@ from bus.redis._wire import (
     pairs,
     translate,
 )
-from bus.redis.link import Command, RedisAddress, RedisLink, RedisListener
-from bus.redis.settings import RedisSettings
+from bus.redis.link import RedisLink, RedisListener
+from bus.redis.settings import Command, RedisAddress, RedisSettings
 
 log = logging.getLogger("omnibus.bus.redis")
 

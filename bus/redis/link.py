@@ -27,83 +27,18 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import hiredis
 from redis.exceptions import ResponseError
 
 from bus.backoff import Backoff
 from bus.errors import BrokerClosed, BrokerError, BrokerUnavailable
+from bus.redis.settings import Command, RedisAddress
 
 log = logging.getLogger("omnibus.bus.redis")
 
-Command = tuple[Any, ...]
 RECONNECT = Backoff(initial=0.05, maximum=2.0, jitter=0.1)  # every Redis reconnect's curve
-
-
-class Reachable(Protocol):
-    """Settings that say where a Redis server is (both Redis components' settings do)."""
-
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def username(self) -> str | None: ...
-    @property
-    def password(self) -> str | None: ...
-    @property
-    def db(self) -> int: ...
-    @property
-    def tls(self) -> bool: ...
-    @property
-    def dial_timeout(self) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class RedisAddress:
-    """Where a Redis server is and how to log in (``dial_timeout`` in seconds)."""
-
-    host: str = "localhost"
-    port: int = 6379
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    db: int = 0
-    tls: bool = False
-    dial_timeout: float = 5.0
-
-    @classmethod
-    def of(cls, settings: Reachable) -> RedisAddress:
-        """The address part of a component's settings (the bus's or a state store's)."""
-        return cls(
-            host=settings.host,
-            port=settings.port,
-            username=settings.username,
-            password=settings.password,
-            db=settings.db,
-            tls=settings.tls,
-            dial_timeout=settings.dial_timeout,
-        )
-
-    @property
-    def label(self) -> str:
-        """``host:port`` for messages."""
-        return f"{self.host}:{self.port}"
-
-    def handshake(self, client_name: str | None = None) -> list[Command]:
-        """The commands a new connection sends before any other (``CLIENT SETNAME`` if named)."""
-        commands: list[Command] = []
-        if self.password:
-            if self.username:
-                commands.append(("AUTH", self.username, self.password))
-            else:
-                commands.append(("AUTH", self.password))
-        if self.db:
-            commands.append(("SELECT", self.db))
-        if client_name:
-            commands.append(("CLIENT", "SETNAME", client_name))
-        return commands
 
 
 def pack(commands: Sequence[Command]) -> bytes:

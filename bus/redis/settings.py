@@ -7,10 +7,12 @@ Built from component metadata by :mod:`components.pubsub_settings`; a value out 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from bus.errors import ConfigError
 
 DEFAULT_PORT = 6379
+Command = tuple[Any, ...]  # one Redis command as its words
 
 _DURATIONS = {
     "dialTimeout": "dial_timeout",
@@ -22,7 +24,54 @@ _DURATIONS = {
 
 
 @dataclass(frozen=True, slots=True)
-class RedisSettings:
+class RedisAddress:
+    """Where a Redis server is and how to log in (``dial_timeout`` in seconds): what the settings
+    of both Redis components (the bus's :class:`RedisSettings`, ``state.redis``'s) start with."""
+
+    host: str = "localhost"
+    port: int = DEFAULT_PORT
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    db: int = 0
+    tls: bool = False
+    dial_timeout: float = 5.0
+
+    @classmethod
+    def of(cls, settings: RedisAddress) -> RedisAddress:
+        """The address part of a component's settings (the bus's or a state store's, both
+        RedisAddress with more), as a plain address."""
+        return cls(
+            host=settings.host,
+            port=settings.port,
+            username=settings.username,
+            password=settings.password,
+            db=settings.db,
+            tls=settings.tls,
+            dial_timeout=settings.dial_timeout,
+        )
+
+    @property
+    def label(self) -> str:
+        """``host:port`` for messages."""
+        return f"{self.host}:{self.port}"
+
+    def handshake(self, client_name: str | None = None) -> list[Command]:
+        """The commands a new connection sends before any other (``CLIENT SETNAME`` if named)."""
+        commands: list[Command] = []
+        if self.password:
+            if self.username:
+                commands.append(("AUTH", self.username, self.password))
+            else:
+                commands.append(("AUTH", self.password))
+        if self.db:
+            commands.append(("SELECT", self.db))
+        if client_name:
+            commands.append(("CLIENT", "SETNAME", client_name))
+        return commands
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings(RedisAddress):
     """How to reach Redis and how consumers maintain their streams (durations in seconds).
 
     ``redeliver_interval`` is how often a consumer looks for deliveries whose consumer died and
@@ -32,13 +81,6 @@ class RedisSettings:
     until the local AOF is fsynced, each at most ``wait_timeout`` before it raises.
     """
 
-    host: str = "localhost"
-    port: int = DEFAULT_PORT
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    db: int = 0
-    tls: bool = False
-    dial_timeout: float = 5.0
     read_timeout: float = 3.0
     write_timeout: float = 3.0
     redeliver_interval: float = 15.0
