@@ -73,10 +73,9 @@ def _run_writes(
     rows: list[tuple[Any, ...]] = []
     for one in writes:
         if isinstance(one, SetRequest):
-            etag = new_uuid()
-            stored, is_binary = _encode(one)
-            rows.append((one.key, stored, is_binary, etag, _expiry(one.ttl), now))
-            results.append(etag)
+            row = _row(one, now)
+            rows.append(row)
+            results.append(row[3])  # its etag
             continue
         if rows:
             _insert(conn, table, rows)
@@ -123,9 +122,8 @@ def write(
     conn: sqlite3.Connection, now: str, *, table: str, store: str, request: SetRequest
 ) -> str:
     """Save one value; the new etag."""
-    etag = new_uuid()
-    stored, is_binary = _encode(request)
-    row = (request.key, stored, is_binary, etag, _expiry(request.ttl), now)
+    row = _row(request, now)
+    etag = row[3]
     expected = given_etag(request)
     if expected is not None:
         sql = (
@@ -184,6 +182,12 @@ def apply(
         conn.execute("RELEASE transact")
         raise
     conn.execute("RELEASE transact")
+
+
+def _row(request: SetRequest, now: str) -> tuple[str, str, int, str, str | None, str]:
+    """The row a save writes, in ``_COLUMNS`` order, with a new etag (its fourth value)."""
+    stored, is_binary = _encode(request)
+    return (request.key, stored, is_binary, new_uuid(), _expiry(request.ttl), now)
 
 
 def _encode(request: SetRequest) -> tuple[str, int]:
