@@ -108,10 +108,7 @@ async def _ceiling_beside(run: HttpRun, backend: str) -> None:
         url = child.url(PUBLISH.format(pubsub=PUBSUB_NAME, topic="ceiling"))
         spec = replace(run.load(url, duration=_durations(run)[0]), connections=IN_FLIGHT)
         load = await run.generator.run(spec)
-        run.report.add("state", "starlette", ceiling_variant(backend), load.rate, "ops/s",
-                       requests=load.requests, errors=load.errors, first_error=load.first_error,
-                       seconds=round(load.elapsed, 3),
-                       generator_cores=round(load.cores, 3))  # fmt: skip
+        _record_rate(run.report, "starlette", ceiling_variant(backend), load)
     finally:
         run.children.stop(child)
 
@@ -149,7 +146,8 @@ async def _through_sidecar(run: HttpRun, backend: str, value: str) -> None:
             run.step(f"{backend}: state {op}, {IN_FLIGHT} in flight")
             spec = replace(run.load(sidecar.url(path), duration=throughput, **shape),
                            connections=IN_FLIGHT)  # fmt: skip
-            _record_rate(run.report, backend, op, await run.generator.run(spec))
+            load = await run.generator.run(spec)
+            _record_rate(run.report, backend, throughput_variant(op), load)
             run.step(f"{backend}: state {op} at {run.config.rate:g} ops/s")
             spec = run.load(
                 sidecar.url(path),
@@ -173,11 +171,11 @@ def _post(url: str, body: bytes) -> None:
             raise RuntimeError(f"saving the keys answered {response.status}")
 
 
-def _record_rate(report: Report, subject: str, op: str, load: LoadResult) -> None:
+def _record_rate(report: Report, subject: str, variant: str, load: LoadResult) -> None:
     report.add(
         "state",
         subject,
-        throughput_variant(op),
+        variant,
         load.rate,
         "ops/s",
         requests=load.requests,
