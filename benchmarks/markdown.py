@@ -88,9 +88,12 @@ figure includes the cost of sharing them; ratios compare figures taken in the sa
    workers): raw redis-py running `state.redis`'s own save script (EVALSHA) and its get
    (HGETALL + PEXPIRETIME, one pipeline), and raw sqlite3 running the store's INSERT OR REPLACE
    and SELECT on Dapr's table layout (WAL, autocommit) on one worker thread. The HTTP ceiling of
-   the throughput goal is the bare Starlette endpoint of scenario 1, measured again right before
-   each store's phases with 32 requests in flight (`starlette` / `ceiling beside <store>`): the
-   speed of a shared host drifts within minutes.
+   the throughput goal is the bare Starlette endpoint of scenario 1, run beside each store's
+   sidecar and measured in the same rounds (`starlette` / `ceiling beside <store>`): three rounds
+   of the ceiling, then save, then get, 32 requests in flight for one throughput phase each; each
+   figure pools its rounds (operations over seconds; every round's rate is in its details). The
+   speed of a shared host drifts within seconds, so a ceiling taken once, even just before, said
+   little about the phases after it.
 8. **Service invocation.** The callee app is the bare Starlette endpoint (it answers 204); the
    generator POSTs the payload to it directly, then through a caller sidecar (no app) and a
    callee sidecar (`--app-port` = the app) on the run's pubsub as the system bus

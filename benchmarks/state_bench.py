@@ -18,11 +18,13 @@ layout (no HTTP), driven the same two ways (32 in flight, then the fixed rate):
 - sqlite3: the store's INSERT OR REPLACE and SELECT on Dapr's table layout (WAL, autocommit),
   each on one worker thread, as the store runs them.
 
-The HTTP ceiling of each store's throughput goal is measured beside it: right before the
-store's sidecar starts, the same generator sends single publishes to the bare Starlette endpoint
-of the ingest scenario, 32 in flight for as long as a throughput phase (``starlette`` /
-``ceiling beside <store> (32 in flight)``).  On a shared host the speed of the machine drifts
-within minutes; a ceiling taken minutes earlier, in the ingest scenario, says little about it.
+The HTTP ceiling of each store's throughput goal is measured beside it, in the same rounds: the
+bare Starlette endpoint of the ingest scenario runs beside the store's sidecar, and each of
+``ROUNDS`` rounds sends single publishes to it, then saves, then gets through the sidecar, 32 in
+flight for a throughput phase each (``starlette`` / ``ceiling beside <store> (32 in flight)``).
+Each figure is its rounds pooled: operations over seconds, with every round's own rate in its
+details.  On a shared host the speed of the machine drifts within seconds; a ceiling taken once,
+even just before, gave the same code ratios from 0.34x to 1.10x.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import count
 from pathlib import Path
+from typing import Any
 
 from benchmarks.backends import PUBSUB_NAME
 from benchmarks.http_phases import PUBLISH, HttpRun, percentiles
@@ -54,6 +57,7 @@ STORE = "statestore"
 KEYS = 100
 IN_FLIGHT = 32
 OPS = ("save", "get")
+ROUNDS = 3  # throughput rounds per store: the ceiling, then each operation through the sidecar
 SAVE_PATH = f"/v1.0/state/{STORE}"
 GET_PATH = f"/v1.0/state/{STORE}/{{key}}"
 
@@ -72,8 +76,9 @@ def ceiling_variant(backend: str) -> str:
 
 
 def state_steps(backends: list[str]) -> int:
-    """Progress steps of the scenario."""
-    return sum(2 + 2 * len(OPS) for b in backends if b in STORES)
+    """Progress steps of the scenario: per store, its start, its rounds, its fixed-rate phases
+    and the raw client's operations."""
+    return sum(1 + ROUNDS + 2 * len(OPS) for b in backends if b in STORES)
 
 
 async def measure_state(run: HttpRun, guard: Guard) -> None:
@@ -83,7 +88,6 @@ async def measure_state(run: HttpRun, guard: Guard) -> None:
         return
     value = PayloadFactory(run.config.payload_size).message(0, time.monotonic_ns()).decode()
     for backend in backends:
-        await guard(run.report, "state", "starlette", _ceiling_beside(run, backend))
         await guard(run.report, "state", backend, _through_sidecar(run, backend, value))
         if backend == "redis":
             raw = _raw_redis(run.services.redis_url(), value, run.run_id)
@@ -98,19 +102,6 @@ def _durations(run: HttpRun) -> tuple[float, float]:
 
 
 # -- through the sidecar ----------------------------------------------------------------------
-
-
-async def _ceiling_beside(run: HttpRun, backend: str) -> None:
-    """The bare Starlette endpoint under the throughput phases' load, just before them."""
-    run.step(f"{backend}: ceiling, bare Starlette, {IN_FLIGHT} in flight")
-    child = run.children.ceiling()
-    try:
-        url = child.url(PUBLISH.format(pubsub=PUBSUB_NAME, topic="ceiling"))
-        spec = replace(run.load(url, duration=_durations(run)[0]), connections=IN_FLIGHT)
-        load = await run.generator.run(spec)
-        _record_rate(run.report, "starlette", ceiling_variant(backend), load)
-    finally:
-        run.children.stop(child)
 
 
 def store_yaml(backend: str, run: HttpRun) -> str:
@@ -129,38 +120,47 @@ def store_yaml(backend: str, run: HttpRun) -> str:
 
 async def _through_sidecar(run: HttpRun, backend: str, value: str) -> None:
     target: Target = run.services.targets[backend]
-    run.step(f"{backend}: state store sidecar")
+    run.step(f"{backend}: state store sidecar, and the bare Starlette endpoint beside it")
     app_id = f"bench-state-{run.run_id}"
     components = {STORE: store_yaml(backend, run)}
-    sidecar = run.children.sidecar(app_id, target, home=run.home, components=components)
-    try:
+    with contextlib.ExitStack() as children:
+        sidecar = run.children.sidecar(app_id, target, home=run.home, components=components)
+        children.callback(run.children.stop, sidecar)
+        ceiling = run.children.ceiling()
+        children.callback(run.children.stop, ceiling)
         items = [{"key": f"k{n}", "value": json.loads(value)} for n in range(KEYS)]
         await asyncio.to_thread(_post, sidecar.url(SAVE_PATH), json.dumps(items).encode())
         save_body = '[{"key":"{key}","value":' + value + "}]"
         throughput, latency = _durations(run)
-        for op, path, method, body in (
-            ("save", SAVE_PATH, "POST", save_body),
-            ("get", GET_PATH, "GET", None),
-        ):
-            shape = {"method": method, "body": body, "keys": KEYS}
-            run.step(f"{backend}: state {op}, {IN_FLIGHT} in flight")
-            spec = replace(run.load(sidecar.url(path), duration=throughput, **shape),
-                           connections=IN_FLIGHT)  # fmt: skip
-            load = await run.generator.run(spec)
-            _record_rate(run.report, backend, throughput_variant(op), load)
+        paths = {"save": SAVE_PATH, "get": GET_PATH}
+        shapes: dict[str, dict[str, Any]] = {
+            "save": {"method": "POST", "body": save_body, "keys": KEYS},
+            "get": {"method": "GET", "body": None, "keys": KEYS},
+        }
+        ceiling_url = ceiling.url(PUBLISH.format(pubsub=PUBSUB_NAME, topic="ceiling"))
+        phases = {"ceiling": run.load(ceiling_url, duration=throughput)}
+        for op in OPS:
+            phases[op] = run.load(sidecar.url(paths[op]), duration=throughput, **shapes[op])
+        rounds: dict[str, list[LoadResult]] = {name: [] for name in phases}
+        for number in range(1, ROUNDS + 1):
+            run.step(f"{backend}: round {number} of {ROUNDS}: ceiling, save, get")
+            for name, spec in phases.items():
+                load = await run.generator.run(replace(spec, connections=IN_FLIGHT))
+                rounds[name].append(load)
+        _record_rate(run.report, "starlette", ceiling_variant(backend), rounds["ceiling"])
+        for op in OPS:
+            _record_rate(run.report, backend, throughput_variant(op), rounds[op])
             run.step(f"{backend}: state {op} at {run.config.rate:g} ops/s")
             spec = run.load(
-                sidecar.url(path),
+                sidecar.url(paths[op]),
                 duration=latency,
                 rate=run.config.rate,
                 record_round_trips=True,
-                **shape,
+                **shapes[op],
             )
             load = await run.generator.run(spec)
             times = sorted(load.round_trips_us)
             _record_times(run.report, backend, op, times, load.errors, load.rate)
-    finally:
-        run.children.stop(sidecar)
 
 
 def _post(url: str, body: bytes) -> None:
@@ -171,18 +171,21 @@ def _post(url: str, body: bytes) -> None:
             raise RuntimeError(f"saving the keys answered {response.status}")
 
 
-def _record_rate(report: Report, subject: str, variant: str, load: LoadResult) -> None:
+def _record_rate(report: Report, subject: str, variant: str, loads: list[LoadResult]) -> None:
+    """One figure of ``loads``, its rounds pooled: every operation over every round's seconds."""
+    seconds = sum(load.elapsed for load in loads)
     report.add(
         "state",
         subject,
         variant,
-        load.rate,
+        sum(load.messages for load in loads) / seconds,
         "ops/s",
-        requests=load.requests,
-        errors=load.errors,
-        first_error=load.first_error,
-        seconds=round(load.elapsed, 3),
-        generator_cores=round(load.cores, 3),
+        requests=sum(load.requests for load in loads),
+        errors=sum(load.errors for load in loads),
+        first_error=next((load.first_error for load in loads if load.first_error), ""),
+        seconds=round(seconds, 3),
+        generator_cores=round(sum(load.cpu_seconds for load in loads) / seconds, 3),
+        round_rates=[round(load.rate, 1) for load in loads],
     )
 
 

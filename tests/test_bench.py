@@ -209,8 +209,14 @@ async def test_state_scenario_on_sqlite(tmp_path: Path) -> None:
     # Then: through the sidecar and raw, every figure, from operations that all succeeded
     assert document["skipped"] == []
     found = {(m["subject"], m["variant"]): m for m in document["measurements"]}
-    # the ceiling, measured beside the store's phases
-    assert found[("starlette", "ceiling beside sqlite (32 in flight)")]["value"] > 0
+    # the ceiling, measured in the same rounds as the store's throughput phases, each figure
+    # pooled over its rounds
+    ceiling = found[("starlette", "ceiling beside sqlite (32 in flight)")]
+    for figure in (ceiling, found[("sqlite", "save ops/s (32 in flight)")],
+                   found[("sqlite", "get ops/s (32 in flight)")]):  # fmt: skip
+        rounds = figure["details"]["round_rates"]
+        assert len(rounds) == 3 and all(rate > 0 for rate in rounds)
+        assert min(rounds) - 1 <= figure["value"] <= max(rounds) + 1  # rates rounded to 0.1
     for subject in ("sqlite", "sqlite3"):
         for op in ("save", "get"):
             rate = found[(subject, f"{op} ops/s (32 in flight)")]
