@@ -33,7 +33,6 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import MappingProxyType
 
 import yaml
 
@@ -41,7 +40,13 @@ from bus.errors import ConfigError
 from bus.message import validate_name
 from components.fields import Field
 from components.resiliency import parse_resiliency
-from components.specs import ComponentSpec, ResiliencySpec, Resources, SubscriptionSpec
+from components.specs import (
+    ComponentMetadata,
+    ComponentSpec,
+    ResiliencySpec,
+    Resources,
+    SubscriptionSpec,
+)
 from components.subscriptions import NAME_EXPECTED, has_path, parse_subscription
 
 log = logging.getLogger("omnibus.components")
@@ -192,7 +197,7 @@ class _Loader:
             name=name,
             type=spec.child("type").check(_component_type, "a component type like 'pubsub.redis'"),
             version=spec.child("version").optional_string() or "v1",
-            metadata=MappingProxyType(self.component_metadata(spec.child("metadata"))),
+            metadata=ComponentMetadata(self.component_metadata(spec.child("metadata"))),
             scopes=scopes,
             source=doc.source,
         )
@@ -211,11 +216,14 @@ class _Loader:
 
     def component_metadata(self, items: Field) -> dict[str, str]:
         metadata: dict[str, str] = {}
+        seen: dict[str, str] = {}  # lower-cased -> as written: names match in any case
         for item in items.list():
             name_field = item.child("name")
             name = name_field.string()
-            if name in metadata:
-                raise name_field.error(f"duplicate metadata name {name!r}")
+            first = seen.setdefault(name.lower(), name)
+            if first != name or name in metadata:
+                also = "" if first == name else f" (as {first!r}: names match in any case)"
+                raise name_field.error(f"duplicate metadata name {name!r}{also}")
             sources = [key for key in _VALUE_SOURCES if item.child(key).present]
             if len(sources) > 1:
                 found = " and ".join(sources)

@@ -34,7 +34,7 @@ from bus.message import validate_name
 from bus.options import RetryPolicy, parse_duration
 from components.pubsub_settings import rabbit_settings, redis_settings, sqlite_settings
 from components.resiliency import inbound_retry, inbound_timeout
-from components.specs import ComponentSpec, Resources
+from components.specs import ComponentMetadata, ComponentSpec, Resources
 
 log = logging.getLogger("omnibus.components")
 
@@ -118,9 +118,10 @@ def build_pubsub(
         if exc.name != backend.module:
             raise
         raise _unsupported(spec, "is not available in this installation") from exc
-    metadata = dict(spec.metadata)
+    metadata = spec.metadata
     if spec.type == "pubsub.sqlite" and not metadata.get("connectionString", "").strip():
-        metadata["connectionString"] = str(home / "bus.db")
+        given = {k: v for k, v in metadata.items() if k.lower() != "connectionstring"}
+        metadata = ComponentMetadata({**given, "connectionString": str(home / "bus.db")})
     broker = _guarded(
         spec, lambda: _make_broker(module, backend, metadata, instance, drain_timeout)
     )

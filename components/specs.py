@@ -7,14 +7,47 @@ documents into these; programmatic subscriptions (``GET /dapr/subscribe``) becom
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from bus.errors import ConfigError
 from bus.options import parse_bool
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class ComponentMetadata(Mapping[str, str]):
+    """A component's metadata, read-only, whose names match in any case, as Dapr's metadata
+    decoder matches them (``redishost`` finds ``redisHost``); it lists the names as written.
+    Two names that differ only in case are a ConfigError: which one would count is unclear."""
+
+    __slots__ = ("_items", "_folded")
+
+    def __init__(self, items: Mapping[str, str]) -> None:
+        self._items = dict(items)
+        self._folded: dict[str, str] = {}
+        for name in self._items:
+            other = self._folded.setdefault(name.lower(), name)
+            if other != name:
+                raise ConfigError(
+                    f"metadata names {other!r} and {name!r} differ only in case (names match "
+                    "in any case, as in Dapr): keep one"
+                )
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[self._folded.get(name.lower(), name)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"ComponentMetadata({self._items!r})"
+
 
 SubscriptionType = Literal["DECLARATIVE", "PROGRAMMATIC"]
 
@@ -29,6 +62,10 @@ class ComponentSpec:
     metadata: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     scopes: tuple[str, ...] = ()
     source: str = ""  # the file it came from, for error messages
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metadata, ComponentMetadata):
+            object.__setattr__(self, "metadata", ComponentMetadata(self.metadata))
 
     @property
     def kind(self) -> str:

@@ -1,7 +1,8 @@
 """The one place that turns a state component's Dapr metadata into a store and its settings.
 
-Metadata names are matched case-insensitively, as Dapr's decoder does; booleans and durations go
-through the project's single parsers (:func:`bus.options.parse_bool`, ``parse_duration``).
+Metadata names are matched case-insensitively, as Dapr's decoder does, by the reader every
+component kind uses (:class:`bus.metadata.MetadataReader`); ``state.redis`` reads its address
+keys with the Redis pubsub's own function (:func:`bus.redis.settings.address_metadata`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from bus.errors import ConfigError, InvalidArgument
-from bus.options import parse_bool, parse_duration
+from bus.metadata import MetadataReader
+from bus.options import parse_duration
 from state.feed import FeedSettings
 from state.memory import MemorySettings, MemoryStore
 from state.sqlite import SqliteSettings, SqliteStore
@@ -23,37 +25,27 @@ _QUALIFIED = re.compile(r"(?:[A-Za-z0-9_]+\.)?[A-Za-z0-9_]+")
 
 
 class _Metadata:
-    """Typed, case-insensitive reads of one component's metadata; errors name the key."""
+    """A store component's metadata (read by :class:`bus.metadata.MetadataReader`: any case, a
+    blank value is absent), each read with the store's default for an absent key."""
 
     def __init__(self, component: str, metadata: Mapping[str, str]) -> None:
         self.component = component
+        self.read = MetadataReader(metadata, component=component)
         # A store with a change feed records its expiries (and its feed metadata is checked here)
         self.feed = FeedSettings.from_metadata(component, metadata) is not None
-        self._values = {name.lower(): (name, value) for name, value in metadata.items()}
 
     def fail(self, name: str, expected: str) -> ConfigError:
         """A ConfigError naming the component, the metadata key and what was expected."""
-        value = self._values.get(name.lower(), (name, None))[1]
-        return ConfigError(
-            f"component {self.component!r}: metadata {name!r}: expected {expected}, got {value!r}"
-        )
-
-    def raw(self, *names: str) -> tuple[str, str] | None:
-        """``(name, value)`` of the first of ``names`` (aliases) that is set and not blank."""
-        for name in names:
-            found = self._values.get(name.lower())
-            if found is not None and str(found[1]).strip():
-                return name, str(found[1]).strip()
-        return None
+        return self.read.fail(name, expected)
 
     def first(self, *names: str) -> str:
         """The first of ``names`` (a key and its aliases) that is set, else the first name."""
-        found = self.raw(*names)
+        found = self.read.raw(*names)
         return names[0] if found is None else found[0]
 
     def string(self, *names: str, default: str) -> str:
-        found = self.raw(*names)
-        return default if found is None else found[1]
+        found = self.read.text(*names)
+        return default if found is None else found
 
     def identifier(self, name: str, *, default: str, qualified: bool = False) -> str:
         value = self.string(name, default=default)
@@ -65,37 +57,27 @@ class _Metadata:
         return value
 
     def boolean(self, name: str, *, default: bool) -> bool:
-        found = self.raw(name)
-        if found is None:
-            return default
-        return parse_bool(found[1], what=f"component {self.component!r}: metadata {name!r}")
+        found = self.read.boolean(name)
+        return default if found is None else found
 
     def integer(self, name: str, *, default: int, minimum: int | None = None) -> int:
-        found = self.raw(name)
-        if found is None:
-            return default
-        try:
-            value = int(found[1])
-        except ValueError:
-            raise self.fail(name, "an integer") from None
-        if minimum is not None and value < minimum:
-            raise self.fail(name, f"an integer >= {minimum}")
-        return value
+        found = self.read.integer(name, minimum=minimum)
+        return default if found is None else found
 
     def duration(self, name: str, *, default: float, seconds_alias: str | None = None) -> float:
         """Seconds; ``seconds_alias`` (e.g. ``cleanupIntervalInSeconds``) takes bare seconds."""
-        if seconds_alias is not None and self.raw(name) is None:
-            found = self.raw(seconds_alias)
+        if seconds_alias is not None and self.read.raw(name) is None:
+            found = self.read.raw(seconds_alias)
             if found is not None and re.fullmatch(r"-?\d+", found[1]):
                 return float(found[1])
             name = seconds_alias if found is not None else name
-        found = self.raw(name)
-        if found is None:
+        text = self.read.text(name)
+        if text is None:
             return default
-        if found[1].startswith("-"):
+        if text.startswith("-"):
             return -1.0  # Dapr: a negative interval disables the feature
         try:
-            return parse_duration(found[1], what=name)
+            return parse_duration(text, what=name)
         except InvalidArgument:
             raise self.fail(name, "a duration like '30s', '1h' or milliseconds") from None
 
@@ -122,43 +104,21 @@ def _sqlite(name: str, md: _Metadata, home: Path) -> StateStore:
     return SqliteStore(name, settings)
 
 
-def _host_port(md: _Metadata, name: str, default_port: int) -> tuple[str, int]:
-    found = md.raw(name)
-    if found is None:
-        raise md.fail(name, "host:port of the server (it is required)")
-    host, colon, port = found[1].rpartition(":")
-    if not colon:
-        host, port = found[1], str(default_port)
-    host = host.removeprefix("[").removesuffix("]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise md.fail(name, "host:port with a port between 1 and 65535")
-    return host, int(port)
-
-
 def _positive(value: float, default: float) -> float:
     return value if value > 0 else default
 
 
 def _redis(name: str, md: _Metadata, home: Path) -> StateStore:
     # Imported here: a sidecar without a Redis store keeps no Redis client in memory.
+    from bus.redis.settings import address_metadata
     from state.redis import RedisStore, RedisStoreSettings
 
-    host, port = _host_port(md, "redisHost", 6379)
-    redis_type = md.string("redisType", default="node").lower()
-    if redis_type != "node" or md.boolean("failover", default=False):
-        raise md.fail("redisType", "node (cluster and sentinel are not supported)")
     ttl = md.integer("ttlInSeconds", default=0, minimum=-1)
     pool = md.integer("poolSize", default=0, minimum=0)
     settings = RedisStoreSettings(
-        host=host,
-        port=port,
-        username=md.string("redisUsername", default="") or None,
-        password=md.string("redisPassword", default="") or None,
-        db=md.integer("redisDB", default=0, minimum=0),
-        tls=md.boolean("enableTLS", default=False),
+        **address_metadata(md.read, host_required=True),
         actor_state_store=md.boolean("actorStateStore", default=False),
         ttl=ttl or None,
-        dial_timeout=_positive(md.duration("dialTimeout", default=5.0), 5.0),
         read_timeout=_positive(md.duration("readTimeout", default=3.0), 3.0),
         pool_size=pool or None,
         max_retries=max(0, md.integer(md.first("redisMaxRetries", "maxRetries"), default=3)),
@@ -178,13 +138,13 @@ def _postgresql(name: str, md: _Metadata, home: Path) -> StateStore:
     # Imported here: a sidecar without a PostgreSQL store keeps no asyncpg in memory.
     from state.postgresql import PostgresSettings, PostgresStore
 
-    found = md.raw("connectionString")
-    if found is None:
+    connection_string = md.read.text("connectionString")
+    if connection_string is None:
         raise md.fail("connectionString", "a PostgreSQL connection string (it is required)")
     table = md.identifier("tableName", default="", qualified=True)
     timeout = md.duration("timeout", default=20.0, seconds_alias="timeoutInSeconds")
     settings = PostgresSettings(
-        connection_string=found[1],
+        connection_string=connection_string,
         table_prefix=md.identifier("tablePrefix", default="", qualified=True),
         table=table or None,
         metadata_table=md.identifier("metadataTableName", default="dapr_metadata", qualified=True),

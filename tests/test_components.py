@@ -231,6 +231,13 @@ BAD_FILES = {
         COMPONENT.format(name="p") + GOOD_SPEC + "  metadata:\n  - name: a\n    value: [1]\n",
         "spec.metadata[0].value: expected a string, number or boolean, got a list",
     ),
+    "metadata names differing only in case": (
+        COMPONENT.format(name="p")
+        + GOOD_SPEC
+        + "  metadata:\n  - {name: redisHost, value: x}\n  - {name: redishost, value: y}\n",
+        "spec.metadata[1].name: duplicate metadata name 'redishost' (as 'redisHost': names "
+        "match in any case)",
+    ),
     "duplicate metadata": (
         COMPONENT.format(name="p")
         + GOOD_SPEC
@@ -383,6 +390,17 @@ def test_bad_file_names_file_field_expected_and_found(
     with pytest.raises(ConfigError) as caught:
         load_text(tmp_path, text, environ={"SET": "x"})
     assert str(caught.value) == f"{tmp_path / 'bad.yaml'}: {message}"
+
+
+def test_metadata_names_match_in_any_case_and_list_as_written(tmp_path: Path) -> None:
+    # Given a component whose metadata names are not spelled as Dapr's docs spell them
+    text = COMPONENT.format(name="p") + GOOD_SPEC + "  metadata:\n  - {name: REDISHOST, value: h}\n"
+    spec = load_text(tmp_path, text).components[0]
+    # Then they are found in any case, and listed (as /v1.0/metadata shows them) as written
+    assert spec.metadata["redisHost"] == spec.metadata.get("redishost") == "h"
+    assert "RedisHost" in spec.metadata and list(spec.metadata) == ["REDISHOST"]
+    with pytest.raises(KeyError):
+        spec.metadata["redisPassword"]
 
 
 def test_duplicates_across_files_name_both_files(tmp_path: Path) -> None:

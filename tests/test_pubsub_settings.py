@@ -53,6 +53,17 @@ def test_redis_metadata_names_follow_dapr() -> None:
     assert (defaults.wait_replicas, defaults.wait_aof) == (0, False)
 
 
+def test_metadata_names_match_in_any_case_as_in_dapr(tmp_path: Path) -> None:
+    # Given keys spelled in other cases than Dapr's docs spell them (Dapr's decoder accepts them)
+    redis = redis_settings({"REDISHOST": "cache:7000", "redisdb": "2", "EnableTls": "true"})
+    sqlite = sqlite_settings({"ConnectionString": str(tmp_path / "bus.db"), "busytimeout": "3s"})
+    rabbit = rabbit_settings({"PrefetchCount": "7", "DURABLE": "false"})
+    # Then each one counts, as its canonical spelling would
+    assert (redis.host, redis.port, redis.db, redis.tls) == ("cache", 7000, 2, True)
+    assert (sqlite.path, sqlite.busy_timeout) == (tmp_path / "bus.db", 3.0)
+    assert (rabbit.prefetch_count, rabbit.durable) == (7, False)
+
+
 @pytest.mark.parametrize(
     ("metadata", "field"),
     [

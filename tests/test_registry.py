@@ -83,6 +83,9 @@ def test_sqlite_defaults_to_the_bus_file_in_home(tmp_path: Path) -> None:
     chosen = build(component("pubsub.sqlite", connectionString=str(tmp_path / "x.db")), tmp_path)
     assert default.settings.path == tmp_path / "bus.db"  # type: ignore[attr-defined]
     assert chosen.broker.settings.path == tmp_path / "x.db"  # type: ignore[attr-defined]
+    # a file named in another case is the file chosen, not the default
+    cased = build(component("pubsub.sqlite", connectionstring=str(tmp_path / "y.db")), tmp_path)
+    assert cased.broker.settings.path == tmp_path / "y.db"  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("type_", EMBEDDED)
@@ -142,6 +145,11 @@ def test_metadata_sets_the_subscription_defaults(tmp_path: Path) -> None:
         group="checkout-v2", concurrency=4, batch_size=25, processing_timeout=90.0
     )
     assert build(component(processingTimeout="2500"), tmp_path).defaults.processing_timeout == 2.5
+    cased = component(CONSUMERID="{appID}-v3", Concurrency="2")  # names match in any case
+    assert (build(cased, tmp_path).defaults.group, build(cased, tmp_path).defaults.concurrency) == (
+        "checkout-v3",
+        2,
+    )
 
 
 def test_consumer_id_templates(tmp_path: Path) -> None:

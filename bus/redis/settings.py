@@ -1,6 +1,7 @@
-"""Settings of the Redis Streams broker.
+"""Settings of the Redis Streams broker, and the address both Redis components start with.
 
-Built from component metadata by :mod:`components.pubsub_settings`; a value out of range raises
+Built from component metadata by :mod:`components.pubsub_settings` (and, for ``state.redis``,
+:mod:`state.settings`), both through :func:`address_metadata`; a value out of range raises
 :class:`ConfigError` naming the metadata key.
 """
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bus.errors import ConfigError
+from bus.metadata import MetadataReader
 
 DEFAULT_PORT = 6379
 Command = tuple[Any, ...]  # one Redis command as its words
@@ -68,6 +70,46 @@ class RedisAddress:
         if client_name:
             commands.append(("CLIENT", "SETNAME", client_name))
         return commands
+
+
+def address_metadata(read: MetadataReader, *, host_required: bool) -> dict[str, Any]:
+    """The :class:`RedisAddress` fields that a Redis component's metadata sets, by field name:
+    ``redisHost`` (``host``, ``host:port``, ``[v6]:port``; the port defaults to 6379),
+    ``redisUsername``, ``redisPassword``, ``redisDB``, ``enableTLS`` and ``dialTimeout`` (0
+    means the default, as in Dapr).  ``redisType`` must be ``node`` and ``failover`` off: no
+    cluster or sentinel.  Without ``host_required`` a missing ``redisHost`` leaves the default."""
+    if (read.text("redisType") or "node").lower() != "node" or read.boolean("failover"):
+        raise read.fail("redisType", "node (cluster and sentinel are not supported)")
+    fields: dict[str, Any] = {}
+    host_port = read.text("redisHost")
+    if host_port is not None:
+        fields["host"], fields["port"] = _host_port(read, host_port)
+    elif host_required:
+        raise read.fail("redisHost", "host:port of the server (it is required)")
+    given = {
+        "username": read.text("redisUsername"),
+        "password": read.text("redisPassword"),
+        "db": read.integer("redisDB", minimum=0),
+        "tls": read.boolean("enableTLS"),
+        "dial_timeout": read.duration("dialTimeout", allow_zero=True) or None,
+    }
+    fields.update((name, value) for name, value in given.items() if value is not None)
+    return fields
+
+
+def _host_port(read: MetadataReader, text: str) -> tuple[str, int]:
+    if text.startswith("["):  # [::1]:6379
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:  # a host alone, or a bare IPv6 address
+        host, port_text = text, ""
+    if not port_text:
+        port_text = str(DEFAULT_PORT)
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise read.fail("redisHost", "host:port with a port between 1 and 65535")
+    return host, int(port_text)
 
 
 @dataclass(frozen=True, slots=True)

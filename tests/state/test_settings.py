@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from bus.errors import ConfigError
+from bus.redis.settings import RedisAddress
+from components.pubsub_settings import redis_settings
 from state.memory import MemoryStore
 from state.postgresql import PostgresStore
 from state.redis import RedisStore
@@ -131,3 +133,42 @@ def test_postgresql_metadata() -> None:
 def test_bad_metadata_names_the_key(type_: str, metadata: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         store_from_component("s", type_, metadata, home=HOME)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"redisHost": "cache:6380", "redisPassword": "secret", "redisUsername": "me"},
+        {"redisHost": "[::1]:7000", "redisDB": "3", "enableTLS": "true"},
+        {"redisHost": "::1", "dialTimeout": "250ms"},
+        {"redisHost": "cache", "dialTimeout": "0"},  # 0: the default, as in Dapr
+        {"REDISHOST": "cache:6390", "RedisDB": "1"},
+    ],
+)
+def test_both_redis_components_read_one_address_the_same_way(metadata: dict[str, str]) -> None:
+    # Given the same metadata in a Redis pubsub component and a Redis state store
+    store = store_from_component("s", "state.redis", metadata, home=HOME)
+    assert isinstance(store, RedisStore)
+    # Then both reach the same server the same way
+    assert RedisAddress.of(store.settings) == RedisAddress.of(redis_settings(metadata))
+
+
+@pytest.mark.parametrize(
+    ("metadata", "named"),
+    [
+        ({"redisHost": "cache:70000"}, "redisHost"),
+        ({"redisHost": "[::1]:x"}, "redisHost"),
+        ({"redisHost": "cache", "redisDB": "-1"}, "redisDB"),
+        ({"redisHost": "cache", "enableTLS": "maybe"}, "enableTLS"),
+        ({"redisHost": "cache", "dialTimeout": "-1s"}, "dialTimeout"),
+        ({"redisHost": "cache", "redisType": "cluster"}, "redisType"),
+        ({"redisHost": "cache", "failover": "true"}, "redisType"),
+    ],
+)
+def test_both_redis_components_refuse_one_bad_address_alike(
+    metadata: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        store_from_component("s", "state.redis", metadata, home=HOME)
+    with pytest.raises(ConfigError, match=named):
+        redis_settings(metadata)
