@@ -45,8 +45,8 @@ class ComponentMetadata(Mapping[str, str]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def __repr__(self) -> str:
-        return f"ComponentMetadata({self._items!r})"
+    def __repr__(self) -> str:  # names only: values hold passwords and connection strings
+        return f"ComponentMetadata(names={list(self._items)!r})"
 
 
 SubscriptionType = Literal["DECLARATIVE", "PROGRAMMATIC"]

@@ -11,6 +11,7 @@ from bus.errors import ConfigError
 from components.loader import load_resources, parse_programmatic, resource_files
 from components.specs import (
     BulkSubscribe,
+    ComponentSpec,
     Resources,
     RetrySpec,
     RouteRule,
@@ -401,6 +402,13 @@ def test_metadata_names_match_in_any_case_and_list_as_written(tmp_path: Path) ->
     assert "RedisHost" in spec.metadata and list(spec.metadata) == ["REDISHOST"]
     with pytest.raises(KeyError):
         spec.metadata["redisPassword"]
+
+
+def test_a_component_shows_its_metadata_names_but_no_values() -> None:
+    # Given a spec holding a password, as it would appear in a log line or an error
+    spec = ComponentSpec("p", "pubsub.redis", metadata={"redisPassword": "hunter2"})
+    # Then its repr names the key and leaves the value out
+    assert "redisPassword" in repr(spec) and "hunter2" not in repr(spec)
 
 
 def test_duplicates_across_files_name_both_files(tmp_path: Path) -> None:
