@@ -151,14 +151,9 @@ async def _through_sidecar(run: HttpRun, backend: str, value: str) -> None:
         for op in OPS:
             _record_rate(run.report, backend, throughput_variant(op), rounds[op])
             run.step(f"{backend}: state {op} at {run.config.rate:g} ops/s")
-            spec = run.load(
-                sidecar.url(paths[op]),
-                duration=latency,
-                rate=run.config.rate,
-                record_round_trips=True,
-                **shapes[op],
-            )
-            load = await run.generator.run(spec)
+            paced = replace(phases[op], duration=latency, rate=run.config.rate,
+                            record_round_trips=True)  # fmt: skip
+            load = await run.generator.run(paced)
             times = sorted(load.round_trips_us)
             _record_times(run.report, backend, op, times, load.errors, load.rate)
 
