@@ -13,11 +13,12 @@ on top (the pubsub settings in :mod:`components.pubsub_settings`, the stores' in
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from bus.errors import ConfigError, InvalidArgument
 from bus.options import parse_bool, parse_duration
 
-__all__ = ["MetadataReader"]
+__all__ = ["MetadataReader", "given"]
 
 
 class MetadataReader:
@@ -29,10 +30,9 @@ class MetadataReader:
 
     def fail(self, name: str, expected: str) -> ConfigError:
         """A ConfigError naming the key, what was expected and the value given."""
-        given = self._values.get(name.lower())
-        got = "" if given is None else f", got {given[1]!r}"
-        where = "" if self.component is None else f"component {self.component!r}: metadata "
-        return ConfigError(f"{where}{name}: expected {expected}{got}")
+        found = self._values.get(name.lower())
+        got = "" if found is None else f", got {found[1]!r}"
+        return ConfigError(f"{self._label(name)}: expected {expected}{got}")
 
     def raw(self, *names: str) -> tuple[str, str] | None:
         """``(name, stripped value)`` of the first of ``names`` (a key and its aliases) set."""
@@ -65,8 +65,7 @@ class MetadataReader:
         text = self.text(name)
         if text is None:
             return None
-        where = "" if self.component is None else f"component {self.component!r}: metadata "
-        return parse_bool(text, what=f"{where}{name}")
+        return parse_bool(text, what=self._label(name))
 
     def duration(self, name: str, *, allow_zero: bool = False) -> float | None:
         """Seconds: a positive duration (or, with ``allow_zero``, a non-negative one)."""
@@ -81,6 +80,16 @@ class MetadataReader:
             least = "a non-negative" if allow_zero else "a positive"
             raise self.fail(name, f"{least} duration like '30s', '1m' or milliseconds")
         return seconds
+
+    def _label(self, name: str) -> str:
+        """How errors name the key: with the component, when the reader knows it."""
+        return name if self.component is None else f"component {self.component!r}: metadata {name}"
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The keyword arguments that were set (not None), so a settings dataclass's defaults apply
+    to the rest."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _integer(minimum: int | None) -> str:

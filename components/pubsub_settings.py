@@ -32,10 +32,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bus.errors import ConfigError
-from bus.metadata import MetadataReader
+from bus.metadata import MetadataReader, given
 
 if TYPE_CHECKING:
     from bus.rabbitmq.settings import RabbitSettings
@@ -43,11 +43,6 @@ if TYPE_CHECKING:
     from bus.sqlite.settings import SqliteSettings
 
 __all__ = ["rabbit_settings", "redis_settings", "sqlite_settings"]
-
-
-def _given(**values: Any) -> dict[str, Any]:
-    """The keyword arguments that were set, so the dataclass defaults apply to the rest."""
-    return {name: value for name, value in values.items() if value is not None}
 
 
 def redis_settings(metadata: Mapping[str, str]) -> RedisSettings:
@@ -58,7 +53,7 @@ def redis_settings(metadata: Mapping[str, str]) -> RedisSettings:
     cap = read.integer("maxLenApprox", minimum=0)
     return RedisSettings(
         **address_metadata(read, host_required=False),
-        **_given(
+        **given(
             read_timeout=read.duration("readTimeout"),
             write_timeout=read.duration("writeTimeout"),
             redeliver_interval=read.duration("redeliverInterval"),
@@ -78,7 +73,7 @@ def sqlite_settings(metadata: Mapping[str, str], *, home: Path | None = None) ->
     connection = read.text("connectionString")
     return SqliteSettings(
         path=_sqlite_path(connection) if connection is not None else default_path(home),
-        **_given(
+        **given(
             redeliver_interval=read.duration("redeliverInterval"),
             min_poll_interval=read.duration("minPollInterval"),
             max_poll_interval=read.duration("maxPollInterval"),
@@ -105,7 +100,7 @@ def rabbit_settings(metadata: Mapping[str, str]) -> RabbitSettings:
     read = MetadataReader(metadata)
     kind = read.text("exchangeKind")
     return RabbitSettings(
-        **_given(
+        **given(
             url=read.text("connectionString", "host"),
             durable=read.boolean("durable"),
             delivery_mode=read.integer("deliveryMode", minimum=0),

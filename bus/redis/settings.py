@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bus.errors import ConfigError
-from bus.metadata import MetadataReader
+from bus.metadata import MetadataReader, given
 
 DEFAULT_PORT = 6379
 Command = tuple[Any, ...]  # one Redis command as its words
@@ -86,15 +86,13 @@ def address_metadata(read: MetadataReader, *, host_required: bool) -> dict[str, 
         fields["host"], fields["port"] = _host_port(read, host_port)
     elif host_required:
         raise read.fail("redisHost", "host:port of the server (it is required)")
-    given = {
-        "username": read.text("redisUsername"),
-        "password": read.text("redisPassword"),
-        "db": read.integer("redisDB", minimum=0),
-        "tls": read.boolean("enableTLS"),
-        "dial_timeout": read.duration("dialTimeout", allow_zero=True) or None,
-    }
-    fields.update((name, value) for name, value in given.items() if value is not None)
-    return fields
+    return fields | given(
+        username=read.text("redisUsername"),
+        password=read.text("redisPassword"),
+        db=read.integer("redisDB", minimum=0),
+        tls=read.boolean("enableTLS"),
+        dial_timeout=read.duration("dialTimeout", allow_zero=True) or None,
+    )
 
 
 def _host_port(read: MetadataReader, text: str) -> tuple[str, int]:
