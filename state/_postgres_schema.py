@@ -142,6 +142,13 @@ async def migrate(conn: Any, table: str, metadata_table: str, prefix: str) -> No
     await _ensure_jsonb_function(conn, table)
 
 
+async def drop_tables(conn: Any, table: str, metadata_table: str) -> None:
+    """Remove what :func:`migrate` created (the cleanup of tests and benchmark runs)."""
+    for name in (f"{table}_outbox", f"{table}_outbox_lease", table, metadata_table):
+        await conn.execute(f"DROP TABLE IF EXISTS {name}")
+    await conn.execute(f"DROP FUNCTION IF EXISTS {jsonb_function(table)}(bytea)")
+
+
 async def _ensure_jsonb_function(conn: Any, table: str) -> None:
     """Create the table's bytea-to-jsonb function for queries unless it exists."""
     name = jsonb_function(table)

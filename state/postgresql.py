@@ -40,6 +40,10 @@ values as jsonb through the function ``<state table>_jsonb(bytea)``, created wit
 upsert that succeeds only for its holder or once it lapsed (the database's clock).  A
 first-write save of an existing key is an ETagMismatch, as on every store here (Dapr v2 reports
 a generic error).
+
+Connections come from a pool of the store's own (:mod:`state._postgres_pool`): up to
+``maxConns``, given back without a reset query; asyncpg's pool cost more per statement than
+the HTTP request around it.
 """
 
 from __future__ import annotations
@@ -49,12 +53,14 @@ import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import asyncpg  # type: ignore[import-untyped]
 
 from state import _postgres_outbox as outbox
 from state._common import PeriodicPurge, given_etag, needs_absent
+from state._postgres_pool import ConnectionPool
 from state._postgres_query import select_sql
 from state._postgres_schema import connect_arguments, migrate
 from state.errors import BulkError, ETagMismatch, StateError, StoreUnavailable
@@ -73,6 +79,7 @@ from state.store import (
 )
 
 _ALIVE = "(expires_at IS NULL OR expires_at >= now())"
+_EXPIRES = "now() + make_interval(secs => $4)"
 _DRIVER_ERRORS = (
     OSError,
     asyncpg.PostgresError,
@@ -108,7 +115,7 @@ class PostgresStore(StoreLifecycle):
     def __init__(self, name: str, settings: PostgresSettings) -> None:
         self.name = name
         self.settings = settings
-        self._pool: Any = None
+        self._pool: ConnectionPool | None = None
         self._purge = PeriodicPurge()
 
     async def connect(self) -> None:
@@ -117,12 +124,7 @@ class PostgresStore(StoreLifecycle):
             return
         s = self.settings
         try:
-            pool = await asyncpg.create_pool(
-                **connect_arguments(s.connection_string),
-                min_size=1,
-                max_size=s.max_connections,
-                command_timeout=s.timeout,
-            )
+            pool = await create_pool(s, min_size=1)
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"state store {self.name!r}: PostgreSQL: {exc}") from exc
         try:
@@ -142,8 +144,8 @@ class PostgresStore(StoreLifecycle):
             await pool.close()
 
     @property
-    def pool(self) -> Any:
-        """The connected asyncpg pool."""
+    def pool(self) -> ConnectionPool:
+        """The connected pool."""
         if self._pool is None:
             raise StoreUnavailable(f"state store {self.name!r} is not connected")
         return self._pool
@@ -156,12 +158,8 @@ class PostgresStore(StoreLifecycle):
         """One SELECT ... WHERE key = ANY($1) for all keys, returned in the order of ``keys``."""
         if not keys:
             return []
-        sql = (
-            f"SELECT key, value, etag, expires_at FROM {self.settings.state_table} "
-            f"WHERE key = ANY($1::text[]) AND {_ALIVE}"
-        )
         async with self._errors():
-            rows = await self.pool.fetch(sql, list(keys))
+            rows = await self.pool.fetch(select_statement(self.settings.state_table), list(keys))
         found = {row["key"]: _item(row) for row in rows}
         return [BulkItem(key, found.get(key)) for key in keys]
 
@@ -263,7 +261,7 @@ class PostgresStore(StoreLifecycle):
 
     async def _write(self, db: Any, request: SetRequest) -> str:
         table, etag = self.settings.state_table, uuid.uuid4()
-        expires = "now() + make_interval(secs => $4)" if (request.ttl or 0) > 0 else "NULL"
+        expires = _EXPIRES if (request.ttl or 0) > 0 else "NULL"
         params: list[Any] = [request.key, request.value, etag]
         if expires != "NULL":
             params.append(float(request.ttl or 0))
@@ -278,16 +276,7 @@ class PostgresStore(StoreLifecycle):
             )
             params.append(expected_uuid)
         else:
-            only_expired = (
-                " WHERE (t.expires_at IS NOT NULL AND t.expires_at < now())"
-                if needs_absent(request)
-                else ""
-            )
-            sql = (
-                f"INSERT INTO {table} AS t (key, value, etag, expires_at) "
-                f"VALUES ($1, $2, $3, {expires}) ON CONFLICT (key) DO UPDATE SET "
-                f"value = $2, updated_at = now(), etag = $3, expires_at = {expires}{only_expired}"
-            )
+            sql = upsert_statement(table, ttl=expires != "NULL", first_write=needs_absent(request))
         if request.journal is not None:
             sql, params = self._recorded(sql, params, request.journal, "upsert")
         status = await db.execute(sql, *params)
@@ -344,6 +333,40 @@ class PostgresStore(StoreLifecycle):
             yield
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"state store {self.name!r}: PostgreSQL: {exc}") from exc
+
+
+async def create_pool(settings: PostgresSettings, *, min_size: int) -> ConnectionPool:
+    """The store's pool, ``min_size`` connections open (also the raw baseline's of
+    ``omnibus bench``)."""
+    connect = partial(
+        asyncpg.connect,
+        **connect_arguments(settings.connection_string),
+        command_timeout=settings.timeout,
+    )
+    pool = ConnectionPool(connect, settings.max_connections)
+    await pool.open(min_size)
+    return pool
+
+
+def select_statement(table: str) -> str:
+    """The live rows of the keys ``$1`` (a text array): a get and a bulk get."""
+    return (
+        f"SELECT key, value, etag, expires_at FROM {table} WHERE key = ANY($1::text[]) AND {_ALIVE}"
+    )
+
+
+def upsert_statement(table: str, *, ttl: bool = False, first_write: bool = False) -> str:
+    """A save without an etag: key ``$1``, value ``$2``, new etag ``$3`` and, with ``ttl``, its
+    seconds ``$4``; ``first_write`` writes over an existing row only if it has expired."""
+    expires = _EXPIRES if ttl else "NULL"
+    only_expired = (
+        " WHERE (t.expires_at IS NOT NULL AND t.expires_at < now())" if first_write else ""
+    )
+    return (
+        f"INSERT INTO {table} AS t (key, value, etag, expires_at) "
+        f"VALUES ($1, $2, $3, {expires}) ON CONFLICT (key) DO UPDATE SET "
+        f"value = $2, updated_at = now(), etag = $3, expires_at = {expires}{only_expired}"
+    )
 
 
 def _item(row: Any) -> Item:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from state._postgres_schema import drop_tables
 from state.memory import MemoryStore
 from state.postgresql import PostgresSettings, PostgresStore
 from state.redis import RedisStore, RedisStoreSettings
@@ -128,11 +129,7 @@ def postgres_settings(**overrides: object) -> PostgresSettings:
 async def drop_postgres_tables(store: PostgresStore) -> None:
     """Remove what a test store created."""
     async with store.pool.acquire() as conn:
-        await conn.execute(f"DROP TABLE IF EXISTS {store.settings.state_table}_outbox")
-        await conn.execute(f"DROP TABLE IF EXISTS {store.settings.state_table}_outbox_lease")
-        await conn.execute(f"DROP TABLE IF EXISTS {store.settings.state_table}")
-        await conn.execute(f"DROP TABLE IF EXISTS {store.settings.metadata_table}")
-        await conn.execute(f"DROP FUNCTION IF EXISTS {store.settings.state_table}_jsonb(bytea)")
+        await drop_tables(conn, store.settings.state_table, store.settings.metadata_table)
 
 
 @pytest.fixture(scope="session")
