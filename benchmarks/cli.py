@@ -14,8 +14,10 @@ from benchmarks.config import (
     BACKENDS,
     EXTRA_BACKENDS,
     OPT_IN_SCENARIOS,
+    POSTGRES_URL,
     RESULTS_DIR,
     SCENARIOS,
+    STATE_STORES,
     BenchConfig,
     quick_defaults,
     split_names,
@@ -41,6 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scenarios",
         default=",".join(SCENARIOS),
         help=f"comma-separated, of %(default)s; also {','.join(OPT_IN_SCENARIOS)}, only when named",
+    )
+    parser.add_argument(
+        "--stores",
+        default=",".join(STATE_STORES),
+        help="the state scenario's stores, comma-separated, of %(default)s (redis needs the "
+        "redis backend)",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=POSTGRES_URL,
+        help="the PostgreSQL of state.postgresql (default: %(default)s); the run creates "
+        "tables of its own there and drops them at the end",
     )
     parser.add_argument(
         "--soak-duration", type=float, help="seconds of the soak stream (default 600; --quick: 20)"
@@ -98,6 +112,8 @@ def config_from_args(args: argparse.Namespace, command: str = "") -> BenchConfig
     return BenchConfig(
         backends=split_names(args.backends, BACKENDS + EXTRA_BACKENDS, "--backends"),
         scenarios=split_names(args.scenarios, SCENARIOS + OPT_IN_SCENARIOS, "--scenarios"),
+        stores=split_names(args.stores, STATE_STORES, "--stores"),
+        postgres=args.postgres,
         soak_rate=args.soak_rate,
         payload_size=args.size,
         rate=args.rate,

@@ -11,6 +11,11 @@ BACKENDS = ("sqlite", "redis", "rabbitmq")
 # The in-process backend can be measured bus-only (the delivery engine's own ceiling); two
 # sidecar processes cannot share it, so its HTTP scenarios are reported as skipped.
 EXTRA_BACKENDS = ("memory",)
+# The state scenario's stores (--stores): state.sqlite in the run's directory, state.redis on the
+# run's private redis-server (so only with the redis backend), state.postgresql on the server
+# at --postgres, in tables of the run's own that it drops at the end.
+STATE_STORES = ("sqlite", "redis", "postgresql")
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SCENARIOS = ("ingest", "e2e", "latency", "bus", "cost", "rpc", "state", "invoke")
 OPT_IN_SCENARIOS = ("soak",)  # run only when named: ten minutes per backend by default
 SCENARIO_TITLES = {
@@ -33,6 +38,8 @@ class BenchConfig:
 
     backends: tuple[str, ...] = BACKENDS
     scenarios: tuple[str, ...] = SCENARIOS
+    stores: tuple[str, ...] = STATE_STORES
+    postgres: str = POSTGRES_URL
     payload_size: int = 1024
     messages: int = 20_000  # per count-based phase; batched phases push 5x as many
     ingest_duration: float = 10.0
@@ -58,6 +65,9 @@ class BenchConfig:
         for backend in self.backends:
             if backend not in BACKENDS + EXTRA_BACKENDS:
                 raise InvalidArgument(f"unknown backend {backend!r}; choose from {BACKENDS}")
+        for store in self.stores:
+            if store not in STATE_STORES:
+                raise InvalidArgument(f"unknown store {store!r}; choose from {STATE_STORES}")
         for scenario in self.scenarios:
             if scenario not in SCENARIOS + OPT_IN_SCENARIOS:
                 choices = SCENARIOS + OPT_IN_SCENARIOS

@@ -79,15 +79,19 @@ figure includes the cost of sharing them; ratios compare figures taken in the sa
    64 workers; a queue subscriber). All subjects of a backend take turns in four slices of
    each phase, so a neighbour's load falls on all of them alike.
 7. **State over HTTP.** One sidecar (no app) with the store as component `statestore`
-   (`state.sqlite` in the run's directory, `state.redis` on the private redis-server); keys
+   (`state.sqlite` in the run's directory, `state.redis` on the private redis-server,
+   `state.postgresql` on the server at `--postgres` in tables of the run's own, dropped after;
+   `--stores` picks them); keys
    k0..k99 saved first. Save (`POST /v1.0/state/statestore`, one item whose value is the
    payload) and get (`GET /v1.0/state/statestore/k<n>`): throughput with 32 requests in flight,
    then p50/p99 of the generator's round trips at the fixed rate (`--rate`, open loop), each
    phase half as long as the ingest and latency phases. Baselines in the same run, in the
    orchestrating process, the same two ways (32 in flight; the fixed rate over `--connections`
    workers): raw redis-py running `state.redis`'s own save script (EVALSHA) and its get
-   (HGETALL + PEXPIRETIME, one pipeline), and raw sqlite3 running the store's INSERT OR REPLACE
-   and SELECT on Dapr's table layout (WAL, autocommit) on one worker thread. The HTTP ceiling of
+   (HGETALL + PEXPIRETIME, one pipeline), raw sqlite3 running the store's INSERT OR REPLACE
+   and SELECT on Dapr's table layout (WAL, autocommit) on one worker thread, and raw asyncpg
+   running `state.postgresql`'s own upsert and SELECT on the store's own pool, as large. The
+   HTTP ceiling of
    the throughput goal is the bare Starlette endpoint of scenario 1, run beside each store's
    sidecar and measured in the same rounds (`starlette` / `ceiling beside <store>`): three rounds
    of the ceiling, then save, then get, 32 requests in flight for one throughput phase each; each

@@ -19,7 +19,7 @@ from typing import Any
 SCHEMA = 1
 BASELINES = (
     "starlette", "redis-py", "aio-pika", "faststream-redis", "faststream-rabbit", "sqlite3",
-    "direct", "arq",
+    "direct", "arq", "asyncpg",
 )  # fmt: skip
 
 

@@ -98,7 +98,7 @@ async def raw_redis(url: str, name: str) -> AsyncIterator[Call]:
     finally:
         running = False
         await _cancel(tasks)
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
         await caller.delete(name)
         await caller.aclose()
         await server.aclose()

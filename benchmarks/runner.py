@@ -158,7 +158,7 @@ def _steps(config: BenchConfig, services: Services) -> int:
     if config.wants("rpc"):
         steps += len(backends)
     if config.wants("state"):
-        steps += state_steps(backends)
+        steps += state_steps(config.stores)
     if config.wants("invoke"):
         steps += invoke_steps(backends)
     if config.wants("soak"):
@@ -348,7 +348,7 @@ async def _http_phases(
 ) -> None:
     wanted = [s for s in HTTP_SCENARIOS if config.wants(s)]
     backends = [b for b in config.backends if b in services.targets]
-    state = config.wants("state") and any(b in STORES for b in backends)
+    state = config.wants("state") and any(store in STORES for store in config.stores)
     invoke = config.wants("invoke") and any(b != "memory" for b in backends)
     soak = config.wants("soak") and any(b != "memory" for b in backends)
     if not (wanted or state or invoke or soak) or not backends:

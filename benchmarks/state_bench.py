@@ -1,8 +1,11 @@
 """Scenario ``state``: save and get over HTTP through a sidecar, beside the raw client.
 
-Per store (``state.sqlite`` in the run's work directory, ``state.redis`` on the private
-redis-server): one sidecar process (no app) loads it as component ``statestore``, and keys
-``k0`` .. ``k99`` are saved through it first.  Then, with the run's generator:
+Per store of ``--stores`` (``state.sqlite`` in the run's work directory, ``state.redis`` on the
+private redis-server, so only with the redis backend, ``state.postgresql`` on the server at
+``--postgres``, in tables named for the run that it drops at the end): one sidecar process (no
+app) loads it as component ``statestore``, and keys ``k0`` .. ``k99`` are saved through it
+first.  A store whose server is not there is reported skipped, with the reason.  Then, with the
+run's generator:
 
 - throughput: 32 requests in flight for half of ``--duration``; save = ``POST
   /v1.0/state/statestore`` of ``[{"key": "k<n>", "value": <the payload>}]``, get = ``GET
@@ -16,7 +19,9 @@ layout (no HTTP), driven the same two ways (32 in flight, then the fixed rate):
 - redis-py: the save script of ``state.redis`` (EVALSHA) and its get (HGETALL + PEXPIRETIME in
   one pipeline);
 - sqlite3: the store's INSERT OR REPLACE and SELECT on Dapr's table layout (WAL, autocommit),
-  each on one worker thread, as the store runs them.
+  each on one worker thread, as the store runs them;
+- asyncpg: the store's own upsert and SELECT statements (``state.postgresql``), on a pool of as
+  many connections as the store's (``maxConns``' default), on tables of the same layout.
 
 The HTTP ceiling of each store's throughput goal is measured beside it, in the same rounds: the
 bare Starlette endpoint of the ingest scenario runs beside the store's sidecar, and each of
@@ -43,16 +48,20 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
+
 from benchmarks.backends import PUBSUB_NAME
 from benchmarks.http_phases import PUBLISH, HttpRun, percentiles
 from benchmarks.loadgen import LoadResult
 from benchmarks.payload import PayloadFactory
 from benchmarks.report import Report
 from benchmarks.services import Target
+from state._postgres_schema import connect_arguments, drop_tables, migrate
 from state._redis_scripts import SET as REDIS_SAVE  # the very script the store runs
+from state.postgresql import PostgresSettings, create_pool, select_statement, upsert_statement
 
-STORES = {"sqlite": "state.sqlite", "redis": "state.redis"}
-RAW = {"sqlite": "sqlite3", "redis": "redis-py"}
+STORES = {"sqlite": "state.sqlite", "redis": "state.redis", "postgresql": "state.postgresql"}
+RAW = {"sqlite": "sqlite3", "redis": "redis-py", "postgresql": "asyncpg"}
 STORE = "statestore"
 KEYS = 100
 IN_FLIGHT = 32
@@ -75,25 +84,67 @@ def ceiling_variant(backend: str) -> str:
     return f"ceiling beside {backend} ({IN_FLIGHT} in flight)"
 
 
-def state_steps(backends: list[str]) -> int:
+def state_steps(stores: tuple[str, ...]) -> int:
     """Progress steps of the scenario: per store, its start, its rounds, its fixed-rate phases
     and the raw client's operations."""
-    return sum(1 + ROUNDS + 2 * len(OPS) for b in backends if b in STORES)
+    return sum(1 + ROUNDS + 2 * len(OPS) for store in stores if store in STORES)
 
 
 async def measure_state(run: HttpRun, guard: Guard) -> None:
-    """Every store of the run's backends through a sidecar, then its raw client."""
-    backends = [b for b in run.config.backends if b in STORES and b in run.services.targets]
-    if not backends:
-        return
+    """Every store of ``--stores`` through a sidecar, then its raw client."""
     value = PayloadFactory(run.config.payload_size).message(0, time.monotonic_ns()).decode()
-    for backend in backends:
-        await guard(run.report, "state", backend, _through_sidecar(run, backend, value))
-        if backend == "redis":
+    for store in run.config.stores:
+        missing = await _missing(run, store)
+        if missing:
+            run.report.skip("state", store, missing)
+            continue
+        if store == "postgresql":
+            await _on_postgres(run, guard, value)
+            continue
+        await guard(run.report, "state", store, _through_sidecar(run, store, value))
+        if store == "redis":
             raw = _raw_redis(run.services.redis_url(), value, run.run_id)
         else:
             raw = _raw_sqlite(run.home / "raw-state.db", value)
-        await guard(run.report, "state", RAW[backend], _raw(run, RAW[backend], raw, value))
+        await guard(run.report, "state", RAW[store], _raw(run, RAW[store], raw, value))
+
+
+async def _missing(run: HttpRun, store: str) -> str:
+    """Why ``store`` cannot be measured in this run ("" if it can)."""
+    if not run.services.targets:
+        return "no backend of the run started, so no sidecar can"
+    if store == "redis" and run.services.redis is None:
+        return "state.redis runs on the run's private redis-server: add redis to --backends"
+    if store == "postgresql":
+        try:
+            conn = await asyncpg.connect(**connect_arguments(run.config.postgres), timeout=5)
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            return f"PostgreSQL at {run.config.postgres} is not reachable: {exc}"
+        await conn.close()
+    return ""
+
+
+async def _on_postgres(run: HttpRun, guard: Guard, value: str) -> None:
+    """The sidecar on tables of the run's own, then asyncpg on others; all dropped after."""
+    tables = [_postgres_tables(run.run_id, "sidecar"), _postgres_tables(run.run_id, "raw")]
+    try:
+        await guard(run.report, "state", "postgresql", _through_sidecar(run, "postgresql", value))
+        raw = _raw_postgres(run.config.postgres, value, tables[1])
+        await guard(
+            run.report, "state", RAW["postgresql"], _raw(run, RAW["postgresql"], raw, value)
+        )
+    finally:
+        conn = await asyncpg.connect(**connect_arguments(run.config.postgres), timeout=5)
+        try:
+            for prefix in tables:
+                await drop_tables(conn, f"{prefix}state", f"{prefix}metadata")
+        finally:
+            await conn.close()
+
+
+def _postgres_tables(run_id: str, user: str) -> str:
+    """The table prefix of ``user`` (the sidecar or the raw client) in this run."""
+    return f"omnibus_bench_{run_id.replace('-', '_')}_{user}_"
 
 
 def _durations(run: HttpRun) -> tuple[float, float]:
@@ -109,6 +160,10 @@ def store_yaml(backend: str, run: HttpRun) -> str:
     if backend == "redis":
         port = run.services.redis.port if run.services.redis is not None else 6379
         metadata = {"redisHost": f"127.0.0.1:{port}", "redisPassword": ""}
+    elif backend == "postgresql":
+        prefix = _postgres_tables(run.run_id, "sidecar")
+        metadata = {"connectionString": run.config.postgres, "tablePrefix": prefix,
+                    "metadataTableName": f"{prefix}metadata", "cleanupInterval": "0"}  # fmt: skip
     else:
         metadata = {"connectionString": str(run.home / "state.db")}
     lines = ["apiVersion: dapr.io/v1alpha1", "kind: Component", "metadata:", f"  name: {STORE}"]
@@ -119,7 +174,9 @@ def store_yaml(backend: str, run: HttpRun) -> str:
 
 
 async def _through_sidecar(run: HttpRun, backend: str, value: str) -> None:
-    target: Target = run.services.targets[backend]
+    # The sidecar's pubsub is the store's own backend, else the run's first (PostgreSQL).
+    targets = run.services.targets
+    target: Target = targets.get(backend) or targets.get("sqlite") or next(iter(targets.values()))
     run.step(f"{backend}: state store sidecar, and the bare Starlette endpoint beside it")
     app_id = f"bench-state-{run.run_id}"
     components = {STORE: store_yaml(backend, run)}
@@ -290,6 +347,27 @@ async def _raw_redis(url: str, value: str, run_id: str) -> AsyncIterator[dict[st
         yield {"save": save, "get": get}
     finally:
         await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _raw_postgres(url: str, value: str, prefix: str) -> AsyncIterator[dict[str, Op]]:
+    settings = PostgresSettings(connection_string=url)
+    pool = await create_pool(settings, min_size=settings.max_connections)  # the store's pool
+    table, data = f"{prefix}state", value.encode()
+    save_sql, get_sql = upsert_statement(table), select_statement(table)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn, table, f"{prefix}metadata", prefix)
+
+        async def save(key: str) -> None:
+            await pool.execute(save_sql, key, data, uuid.uuid4())
+
+        async def get(key: str) -> None:
+            await pool.fetch(get_sql, [key])
+
+        yield {"save": save, "get": get}
+    finally:
+        await pool.close()
 
 
 _TABLE = """CREATE TABLE IF NOT EXISTS state (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from rich.console import Console
 
@@ -21,6 +23,7 @@ from benchmarks.report import Measurement, Report, combine
 from benchmarks.runner import render_saved, request_errors, run_bench
 from benchmarks.soak import Sample, growth, is_flat
 from bus.errors import InvalidArgument
+from tests.backends import missing_service
 
 
 def test_quick_options_and_bad_names() -> None:
@@ -194,6 +197,7 @@ async def test_state_scenario_on_sqlite(tmp_path: Path) -> None:
     config = BenchConfig(
         backends=("sqlite",),
         scenarios=("state",),
+        stores=("sqlite",),
         ingest_duration=0.5,
         latency_duration=1.0,
         rate=200,
@@ -226,6 +230,94 @@ async def test_state_scenario_on_sqlite(tmp_path: Path) -> None:
             assert 0 < p50["value"] <= p99["value"] and p50["details"]["errors"] == 0
             assert p50["details"]["operations"] > 0
     assert document["checks"]["errors"] == []
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_state_scenario_on_postgresql_drops_its_tables(tmp_path: Path) -> None:
+    # Given: PostgreSQL, and the state scenario on it alone
+    if not _postgres_listens():
+        missing_service("PostgreSQL is not reachable on 127.0.0.1:5432")
+    config = BenchConfig(
+        backends=("sqlite",),
+        scenarios=("state",),
+        stores=("postgresql",),
+        ingest_duration=0.5,
+        latency_duration=1.0,
+        rate=100,
+        connections=4,
+        generators=1,
+        output=tmp_path / "results",
+        plots=False,
+        quick=True,
+    )
+    before = await _bench_tables(config.postgres)
+    # When
+    with (tmp_path / "console.txt").open("w") as out:
+        document = await run_bench(config, Console(file=out, width=140))
+    # Then: the sidecar and asyncpg, every figure from operations that all succeeded
+    assert document["skipped"] == [] and document["checks"]["errors"] == []
+    found = {(m["subject"], m["variant"]): m for m in document["measurements"]}
+    for subject in ("postgresql", "asyncpg"):
+        for op in ("save", "get"):
+            rate = found[(subject, f"{op} ops/s (32 in flight)")]
+            assert rate["value"] > 0 and rate["details"]["errors"] == 0
+            assert found[(subject, f"{op} p50")]["details"]["operations"] > 0
+    assert ("starlette", "ceiling beside postgresql (32 in flight)") in found
+    # And: held to the ceiling beside it, and to asyncpg's p50
+    rows = {(r["subject"], r["variant"], r["baseline"]): r for r in document["figures"]}
+    rate = "save ops/s (32 in flight)"
+    ceiling = "starlette/ceiling beside postgresql (32 in flight)"
+    assert rows[("postgresql", rate, ceiling)]["goal"] == ">= 0.5x baseline"
+    assert rows[("postgresql", "get p50", "asyncpg/get p50")]["goal"] == "<= baseline + 0.30 ms"
+    # And: nothing of the run is left on the server
+    assert await _bench_tables(config.postgres) == before
+
+
+def test_stores_of_the_state_scenario_and_why_one_is_skipped() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args([])).stores == ("sqlite", "redis", "postgresql")
+    args = parser.parse_args(["--stores", "postgresql", "--postgres", "postgresql://x@h/db"])
+    config = config_from_args(args)
+    assert config.stores == ("postgresql",) and config.postgres == "postgresql://x@h/db"
+    with pytest.raises(InvalidArgument, match="--stores"):
+        config_from_args(parser.parse_args(["--stores", "mongodb"]))
+
+
+@pytest.mark.timeout(60)
+async def test_redis_state_needs_the_redis_backend(tmp_path: Path) -> None:
+    # Given: the state scenario on state.redis, in a run without the redis backend
+    config = BenchConfig(
+        backends=("sqlite",), scenarios=("state",), stores=("redis",),
+        output=tmp_path / "results", plots=False, quick=True,
+    )  # fmt: skip
+    # When
+    with (tmp_path / "console.txt").open("w") as out:
+        document = await run_bench(config, Console(file=out, width=140))
+    # Then: skipped, and the report says what to add
+    assert [(s["scenario"], s["subject"]) for s in document["skipped"]] == [("state", "redis")]
+    assert "add redis to --backends" in document["skipped"][0]["reason"]
+    assert not [m for m in document["measurements"] if m["scenario"] == "state"]
+
+
+def _postgres_listens() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+async def _bench_tables(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE tablename LIKE 'omnibus_bench_%'"
+        )
+    finally:
+        await conn.close()
+    return sorted(row["tablename"] for row in rows)
 
 
 def test_invocation_goals_allow_fixed_times_over_the_direct_call() -> None:
