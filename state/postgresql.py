@@ -41,6 +41,7 @@ upsert that succeeds only for its holder or once it lapsed (the database's clock
 first-write save of an existing key is an ETagMismatch, as on every store here (Dapr v2 reports
 a generic error).
 
+Reads of a few keys that wait together share one SELECT (:mod:`state._postgres_reads`).
 Connections come from a pool of the store's own (:mod:`state._postgres_pool`): up to
 ``maxConns``, given back without a reset query; asyncpg's pool cost more per statement than
 the HTTP request around it.
@@ -62,6 +63,7 @@ from state import _postgres_outbox as outbox
 from state._common import PeriodicPurge, given_etag, needs_absent
 from state._postgres_pool import ConnectionPool
 from state._postgres_query import select_sql
+from state._postgres_reads import SharedReads
 from state._postgres_schema import connect_arguments, migrate
 from state.errors import BulkError, ETagMismatch, StateError, StoreUnavailable
 from state.query import page_token, parse_query
@@ -79,6 +81,7 @@ from state.store import (
 )
 
 _ALIVE = "(expires_at IS NULL OR expires_at >= now())"
+_SHARED_KEYS = 16  # reads of at most this many keys may share a SELECT
 _EXPIRES = "now() + make_interval(secs => $4)"
 _DRIVER_ERRORS = (
     OSError,
@@ -116,6 +119,7 @@ class PostgresStore(StoreLifecycle):
         self.name = name
         self.settings = settings
         self._pool: ConnectionPool | None = None
+        self._reads = SharedReads(self._select)
         self._purge = PeriodicPurge()
 
     async def connect(self) -> None:
@@ -155,13 +159,20 @@ class PostgresStore(StoreLifecycle):
         return (await self.bulk_get([key]))[0].item
 
     async def bulk_get(self, keys: Sequence[str]) -> list[BulkItem]:
-        """One SELECT ... WHERE key = ANY($1) for all keys, returned in the order of ``keys``."""
+        """One SELECT ... WHERE key = ANY($1) for all keys, returned in the order of ``keys``;
+        a few keys share it with the reads waiting beside them (:mod:`state._postgres_reads`)."""
         if not keys:
             return []
         async with self._errors():
-            rows = await self.pool.fetch(select_statement(self.settings.state_table), list(keys))
-        found = {row["key"]: _item(row) for row in rows}
+            if len(keys) <= _SHARED_KEYS:
+                found = await self._reads.read(keys)
+            else:
+                found = await self._select(list(keys))
         return [BulkItem(key, found.get(key)) for key in keys]
+
+    async def _select(self, keys: list[str]) -> dict[str, Item]:
+        rows = await self.pool.fetch(select_statement(self.settings.state_table), keys)
+        return {row["key"]: _item(row) for row in rows}
 
     async def set(self, request: SetRequest) -> str:
         """Save one value; the etag check is part of the statement."""
