@@ -92,7 +92,6 @@ async def test_chaos_consumer_process_killed_mid_stream_loses_nothing(
         assert _count_lines(out) < total, "the consumer finished before it was killed"
         probe = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
         orphaned = (await probe.xpending(topic, "chaos"))["pending"]  # the dead consumer's
-        await probe.aclose()
         # And another instance of the group takes over
         survivor = Collector()
         settings = redis_server.settings(redeliver_interval=0.5)
@@ -102,11 +101,18 @@ async def test_chaos_consumer_process_killed_mid_stream_loses_nothing(
             )
             seen = set(survivor.ids)
 
-            def all_seen() -> bool:
+            async def all_seen_and_acked() -> bool:
+                # The dead consumer may have written ids it never acked: they are "seen" before
+                # the survivor reclaims them, so wait for the group to hold nothing pending too.
                 seen.update(survivor.ids)
-                return len(seen | _ids(out)) >= total
+                if len(seen | _ids(out)) < total:
+                    return False
+                return (await probe.xpending(topic, "chaos"))["pending"] == 0
 
-            await eventually(all_seen, timeout=30, interval=0.2)
+            try:
+                await eventually(all_seen_and_acked, timeout=30, interval=0.2)
+            finally:
+                await probe.aclose()
         # Then every published id was delivered at least once
         missing = set(sent) - _ids(out) - set(survivor.ids)
         assert len(sent) == total and not missing, f"{len(missing)} messages lost"
