@@ -12,6 +12,7 @@ import pytest
 from state._postgres_pool import ConnectionPool
 from state.postgresql import PostgresSettings, PostgresStore
 from state.store import SetRequest
+from tests.helpers import eventually
 
 
 class _Conn:
@@ -159,7 +160,8 @@ async def test_a_store_outlives_a_server_side_disconnect(store: PostgresStore, p
         assert await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
     finally:
         await killer.close()
-    await asyncio.sleep(0.1)
+    idle = list(store.pool._idle)
+    await eventually(lambda: all(conn.is_closed() for conn in idle), timeout=10)
     # When / Then: the next calls get a new connection
     item = await store.get(prefix + "k")
     assert item is not None and item.value == b'"v"'
