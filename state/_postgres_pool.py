@@ -49,11 +49,6 @@ class ConnectionPool:
         self._closed_all = False  # close() is done: a connection given back now is cut
         self._all_back: asyncio.Event | None = None  # set by close() once nothing is busy
 
-    @property
-    def size(self) -> int:
-        """The most connections the pool opens."""
-        return self._size
-
     async def open(self, count: int = 1) -> None:
         """Open ``count`` connections now (the first one checks that the server is there)."""
         opened = []

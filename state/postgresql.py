@@ -272,9 +272,10 @@ class PostgresStore(StoreLifecycle):
 
     async def _write(self, db: Any, request: SetRequest) -> str:
         table, etag = self.settings.state_table, uuid.uuid4()
-        expires = _EXPIRES if (request.ttl or 0) > 0 else "NULL"
+        ttl = (request.ttl or 0) > 0
+        expires = _EXPIRES if ttl else "NULL"
         params: list[Any] = [request.key, request.value, etag]
-        if expires != "NULL":
+        if ttl:
             params.append(float(request.ttl or 0))
         expected = given_etag(request)
         if expected is not None:
@@ -287,7 +288,7 @@ class PostgresStore(StoreLifecycle):
             )
             params.append(expected_uuid)
         else:
-            sql = upsert_statement(table, ttl=expires != "NULL", first_write=needs_absent(request))
+            sql = upsert_statement(table, ttl=ttl, first_write=needs_absent(request))
         if request.journal is not None:
             sql, params = self._recorded(sql, params, request.journal, "upsert")
         status = await db.execute(sql, *params)

@@ -1,12 +1,26 @@
-"""Small helpers shared by tests: collecting handlers and waiting for conditions."""
+"""Small helpers shared by tests: collecting handlers, waiting for conditions, the machine's
+PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 
 from bus.message import Message, Outcome
+
+# The machine's PostgreSQL (trust auth); tests use tables of their own in database "test".
+POSTGRES = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+
+
+def postgres_listens() -> bool:
+    """Whether PostgreSQL listens on 127.0.0.1:5432."""
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 class Collector:

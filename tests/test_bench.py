@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from benchmarks.runner import render_saved, request_errors, run_bench
 from benchmarks.soak import Sample, growth, is_flat
 from bus.errors import InvalidArgument
 from tests.backends import missing_service
+from tests.helpers import postgres_listens
 
 
 def test_quick_options_and_bad_names() -> None:
@@ -194,19 +194,7 @@ def test_state_goal_allows_a_fixed_time_over_the_raw_client() -> None:
 @pytest.mark.timeout(120)
 async def test_state_scenario_on_sqlite(tmp_path: Path) -> None:
     # Given: the state scenario alone, on the embedded store, at a low fixed rate
-    config = BenchConfig(
-        backends=("sqlite",),
-        scenarios=("state",),
-        stores=("sqlite",),
-        ingest_duration=0.5,
-        latency_duration=1.0,
-        rate=200,
-        connections=4,
-        generators=1,
-        output=tmp_path / "results",
-        plots=False,
-        quick=True,
-    )
+    config = _state_only(tmp_path, "sqlite", rate=200)
     # When
     with (tmp_path / "console.txt").open("w") as out:
         document = await run_bench(config, Console(file=out, width=140))
@@ -236,21 +224,9 @@ async def test_state_scenario_on_sqlite(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 async def test_state_scenario_on_postgresql_drops_its_tables(tmp_path: Path) -> None:
     # Given: PostgreSQL, and the state scenario on it alone
-    if not _postgres_listens():
+    if not postgres_listens():
         missing_service("PostgreSQL is not reachable on 127.0.0.1:5432")
-    config = BenchConfig(
-        backends=("sqlite",),
-        scenarios=("state",),
-        stores=("postgresql",),
-        ingest_duration=0.5,
-        latency_duration=1.0,
-        rate=100,
-        connections=4,
-        generators=1,
-        output=tmp_path / "results",
-        plots=False,
-        quick=True,
-    )
+    config = _state_only(tmp_path, "postgresql", rate=100)
     before = await _bench_tables(config.postgres)
     # When
     with (tmp_path / "console.txt").open("w") as out:
@@ -288,10 +264,7 @@ def test_stores_of_the_state_scenario_and_why_one_is_skipped() -> None:
 @pytest.mark.timeout(60)
 async def test_redis_state_needs_the_redis_backend(tmp_path: Path) -> None:
     # Given: the state scenario on state.redis, in a run without the redis backend
-    config = BenchConfig(
-        backends=("sqlite",), scenarios=("state",), stores=("redis",),
-        output=tmp_path / "results", plots=False, quick=True,
-    )  # fmt: skip
+    config = _state_only(tmp_path, "redis", rate=100)
     # When
     with (tmp_path / "console.txt").open("w") as out:
         document = await run_bench(config, Console(file=out, width=140))
@@ -301,12 +274,21 @@ async def test_redis_state_needs_the_redis_backend(tmp_path: Path) -> None:
     assert not [m for m in document["measurements"] if m["scenario"] == "state"]
 
 
-def _postgres_listens() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
-            return True
-    except OSError:
-        return False
+def _state_only(tmp_path: Path, store: str, *, rate: float) -> BenchConfig:
+    """A short run of the state scenario alone, on ``store`` (the sidecar's bus on SQLite)."""
+    return BenchConfig(
+        backends=("sqlite",),
+        scenarios=("state",),
+        stores=(store,),
+        ingest_duration=0.5,
+        latency_duration=1.0,
+        rate=rate,
+        connections=4,
+        generators=1,
+        output=tmp_path / "results",
+        plots=False,
+        quick=True,
+    )
 
 
 async def _bench_tables(url: str) -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -27,8 +26,7 @@ from state.sqlite import SqliteSettings, SqliteStore
 from state.store import StateStore
 from tests.backends import missing_service
 from tests.backends.redis import RedisServer
-
-POSTGRES = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+from tests.helpers import POSTGRES, postgres_listens
 
 STORES = ("memory", "sqlite", "redis", "postgresql")
 _PRESENT = [s for s in STORES if importlib.util.find_spec(f"state.{s}") is not None]
@@ -38,11 +36,7 @@ _MARKS = {"redis": [pytest.mark.redis]}
 @pytest.fixture(scope="session")
 def postgres_reachable() -> bool:
     """Whether PostgreSQL listens on 127.0.0.1:5432 (checked once per session)."""
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
-            return True
-    except OSError:
-        return False
+    return postgres_listens()
 
 
 @pytest.fixture

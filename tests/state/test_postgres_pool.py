@@ -10,9 +10,10 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from state._postgres_pool import ConnectionPool
+from state._postgres_schema import connect_arguments
 from state.postgresql import PostgresSettings, PostgresStore
 from state.store import SetRequest
-from tests.helpers import eventually
+from tests.helpers import POSTGRES, eventually
 
 
 class _Conn:
@@ -155,7 +156,7 @@ async def test_a_store_outlives_a_server_side_disconnect(store: PostgresStore, p
     # Given: the store's connection, killed by the server
     await store.set(SetRequest(prefix + "k", b'"v"'))
     pid = await store.pool.fetchval("SELECT pg_backend_pid()")
-    killer = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="test")
+    killer = await asyncpg.connect(**connect_arguments(POSTGRES))
     try:
         assert await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
     finally:
